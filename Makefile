@@ -1,0 +1,35 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv/ first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+REQS := requirements/base.txt requirements/nodeps.txt requirements/test.txt requirements/hf.txt constraints.txt setup.py
+export TF_CPP_MIN_LOG_LEVEL := 3
+export TF_ENABLE_ONEDNN_OPTS := 0
+
+.PHONY: demo test venv lock clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): $(REQS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -r requirements/base.txt -r requirements/test.txt -r requirements/hf.txt
+	$(PIP) install -q --no-deps -c constraints.txt -r requirements/nodeps.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -m flan_jax.envcheck
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m flan_jax.train --gin_file=runs/demo.gin
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# Regenerate constraints.txt from a working environment (run after changing requirements/*.txt).
+lock: $(STAMP)
+	$(PIP) freeze --exclude-editable | grep -v '^-e' > constraints.txt
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,46 @@
+"""Shared test setup: CPU with 8 forced devices, quiet TensorFlow, and the shared data folder.
+
+The environment variables must be set before jax or tensorflow is imported anywhere.
+"""
+import os
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+os.environ.setdefault("FLAN_JAX_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache"))
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def require_shared_data(*parts: str) -> Path:
+  """Path under ../shared/data; fails in CI (CI=true) when missing, skips elsewhere."""
+  path = SHARED_DATA.joinpath(*parts)
+  if not path.exists():
+    message = f"{path} is missing: tests that read ../shared/data need the shared folder beside the repo"
+    if os.environ.get("CI", "").lower() == "true":
+      pytest.fail(message)
+    pytest.skip(message)
+  return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+  return require_shared_data()
+
+
+@pytest.fixture(scope="session")
+def t5_vocab_path() -> Path:
+  return require_shared_data("t5_vocab", "t5_spiece.model")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+  return REPO_ROOT
