@@ -7,7 +7,6 @@ Every mistake a user can make here ends in one `GinConfigError` line that names 
 from __future__ import annotations
 
 import difflib
-import importlib.resources
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -24,8 +23,18 @@ class GinConfigError(ValueError):
 
 
 def packaged_gin_dir() -> Path:
-  """The folder holding flan_jax's own gin files (`models/`, `runs/`)."""
-  return Path(str(importlib.resources.files("flan_jax.gin_configs")))
+  """The folder holding flan_jax's own gin files (`models/`, `runs/`).
+
+  A wheel install carries them as `flan_jax/gin_configs/`; a source checkout (and an editable
+  install) reads the repository's top-level `gin/`. The folder has no `__init__.py` on purpose:
+  as a regular package it would shadow the `gin` (gin-config) module when run from the repo root.
+  """
+  package_root = Path(__file__).resolve().parent
+  for candidate in (package_root / "gin_configs", package_root.parent / "gin"):
+    if (candidate / "runs").is_dir() or (candidate / "models").is_dir():
+      return candidate
+  raise FileNotFoundError(f"flan_jax's gin files are missing (looked in {package_root / 'gin_configs'} "
+                          f"and {package_root.parent / 'gin'}); reinstall flan_jax.")
 
 
 def define_gin_flags() -> None:
