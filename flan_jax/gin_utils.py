@@ -102,11 +102,45 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   for root in _search_paths(search_paths):
     if root.is_dir():
       gin.add_config_file_search_path(str(root))
-  paths = [str(resolve_gin_file(f, search_paths)) for f in gin_files]
+  paths = [resolve_gin_file(f, search_paths) for f in gin_files]
+  if paths:
+    _check_macro_bindings(paths, gin_bindings, search_paths)
   try:
-    gin.parse_config_files_and_bindings(paths, list(gin_bindings), finalize_config=finalize)
+    gin.parse_config_files_and_bindings([str(p) for p in paths], list(gin_bindings),
+                                        finalize_config=finalize)
   except (ValueError, KeyError, SyntaxError, TypeError, ImportError) as e:
     raise GinConfigError(_explain_gin_error(e, gin_bindings)) from e
+
+
+_MACRO_BINDING = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=")
+_MACRO_REFERENCE = re.compile(r"%([A-Z][A-Z0-9_]*)")
+_INCLUDE = re.compile(r"^\s*include\s+['\"]([^'\"]+)['\"]", re.MULTILINE)
+
+
+def _check_macro_bindings(paths: Sequence[Path], bindings: Sequence[str],
+                          search_paths: Sequence[str]) -> None:
+  """Gin accepts a binding of a macro no file uses; a typo there would silently do nothing."""
+  referenced: set[str] = set()
+  pending, seen = list(paths), set()
+  while pending:
+    path = pending.pop()
+    if path in seen:
+      continue
+    seen.add(path)
+    text = path.read_text()
+    referenced |= set(_MACRO_REFERENCE.findall(text))
+    pending += [resolve_gin_file(name, search_paths) for name in _INCLUDE.findall(text)]
+  for binding in bindings:
+    referenced |= set(_MACRO_REFERENCE.findall(binding))
+  for binding in bindings:
+    match = _MACRO_BINDING.match(binding)
+    if match and match.group(1) not in referenced:
+      name = match.group(1)
+      close = difflib.get_close_matches(name, sorted(referenced), n=3)
+      hint = (f"Did you mean {' or '.join(close)}?" if close
+              else f"Macros used: {', '.join(sorted(referenced))}.")
+      raise GinConfigError(f"bad gin binding: macro {name} is not used by the gin files "
+                           f"({', '.join(p.name for p in paths)}). {hint}")
 
 
 def _explain_gin_error(error: Exception, bindings: Sequence[str]) -> str:
