@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,25 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("relpos_buckets", None),
 )
+
+
+def initialize_distributed() -> None:
+  """Joins the multi-process job, if there is one; call before anything touches devices.
+
+  On Cloud TPU VMs (several hosts) jax finds the coordinator itself. Elsewhere set
+  FLAN_JAX_COORDINATOR=host:port, FLAN_JAX_NUM_PROCESSES and FLAN_JAX_PROCESS_ID (used by the
+  local two-process test over 127.0.0.1, with gloo collectives on CPU).
+  """
+  if jax.distributed.is_initialized():
+    return
+  coordinator = os.environ.get("FLAN_JAX_COORDINATOR")
+  if coordinator:
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=int(os.environ["FLAN_JAX_NUM_PROCESSES"]),
+                               process_id=int(os.environ["FLAN_JAX_PROCESS_ID"]))
+  elif len(os.environ.get("TPU_WORKER_HOSTNAMES", "localhost").split(",")) > 1:
+    jax.distributed.initialize()
 
 
 @gin.configurable
