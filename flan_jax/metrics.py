@@ -58,12 +58,12 @@ class MetricsLogger:
     self.tokens_per_step = tokens_per_step
     self.peak = peak_flops_per_device()
     self.print_fn = print_fn if self.is_chief else (lambda _: None)
-    self._last_time: float | None = None
-    self._last_step: int | None = None
+    self.timing_from: float | None = None
+    self._timing_step: int | None = None
 
   def start(self, step: int) -> None:
     """(Re)starts timing, e.g. after an eval, so tokens/s counts training time only."""
-    self._last_time, self._last_step = time.perf_counter(), step
+    self.timing_from, self._timing_step = time.perf_counter(), step
 
   def log_train(self, step: int, fetched: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """`fetched`: host copies of the metrics of every step since the last call; `step`: the latest."""
@@ -72,8 +72,8 @@ class MetricsLogger:
     summary = {k: sum(float(m[k]) for m in fetched) / len(fetched) for k in fetched[0]}
     summary["learning_rate"] = float(fetched[-1]["learning_rate"])
     now = time.perf_counter()
-    if self._last_time is not None and step > self._last_step:
-      seconds_per_step = (now - self._last_time) / (step - self._last_step)
+    if self.timing_from is not None and step > self._timing_step:
+      seconds_per_step = (now - self.timing_from) / (step - self._timing_step)
       summary["steps_per_second"] = 1.0 / seconds_per_step
       summary["tokens_per_second"] = self.tokens_per_step / seconds_per_step
       if self.peak:
@@ -81,7 +81,7 @@ class MetricsLogger:
       eta = _format_seconds((self.total_steps - step) * seconds_per_step)
     else:
       eta = "?"
-    self._last_time, self._last_step = now, step
+    self.timing_from, self._timing_step = now, step
     self._write(step, {f"train/{k}": v for k, v in summary.items()})
     parts = [f"step {step}/{self.total_steps}", f"loss {summary['loss']:.4f}"]
     if "accuracy" in summary:

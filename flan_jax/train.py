@@ -267,7 +267,7 @@ def run_loop(trainer: Trainer, state: TrainState, batches: Iterator[Mapping[str,
   """
   step = int(state.step)
   pending: list[Any] = []
-  final_metrics: dict[str, float] = {}
+  final_metrics: dict[str, float] | None = None
   samples: dict[str, list] = {}
 
   def flush() -> None:
@@ -282,13 +282,15 @@ def run_loop(trainer: Trainer, state: TrainState, batches: Iterator[Mapping[str,
     flush()
     ckpt.save(state, {"batches": batches_seen, "first_step": first_step})
 
-  logger.start(step)
   while step < end_step:
     host_batch = next(batches)
     batches_seen += 1
     state, step_metrics = trainer.train_step(state, trainer.global_batch(host_batch))
     step += 1
     pending.append(step_metrics)
+    if len(pending) == 1 and logger.timing_from is None:
+      jax.block_until_ready(state.step)  # once: keep compilation out of tokens/s
+      logger.start(step)
     if watcher.should_stop(step):
       save()
       ckpt.wait()
@@ -302,10 +304,10 @@ def run_loop(trainer: Trainer, state: TrainState, batches: Iterator[Mapping[str,
       final_metrics, samples = evaluate(step, state.params)
       logger.start(step)
   flush()
-  if evaluate is not None and not final_metrics:
+  if evaluate is not None and final_metrics is None:
     final_metrics, samples = evaluate(step, state.params)
   ckpt.wait()
-  return state, final_metrics, samples, False
+  return state, final_metrics or {}, samples, False
 
 
 def _initial_state(trainer: Trainer, ckpt: checkpoints.Checkpointer, initial_checkpoint_path: str | None,
