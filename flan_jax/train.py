@@ -13,6 +13,7 @@ SIGTERM (TPU preemption) saves at the current step and exits cleanly.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -42,6 +43,30 @@ def _host_batches(dataset, per_host_batch: int, skip_batches: int = 0) -> Iterat
     dataset = dataset.skip(skip_batches)
   for batch in dataset.prefetch(2).as_numpy_iterator():
     yield batch
+
+
+@gin.configurable
+def build_model(config: Any = gin.REQUIRED, vocabulary: str = "t5",
+                dropout_rate: float | None = None) -> Any:
+  """The model wrapper for `config` (a T5Config / DecoderConfig, e.g. bound by gin/models/*.gin).
+
+  Args:
+    config: network configuration.
+    vocabulary: 'demo' (the demo SentencePiece model), 't5' (the T5 / Flan-T5 one) or a path to
+      a SentencePiece model.
+    dropout_rate: overrides config.dropout_rate (run gins bind it to DROPOUT_RATE).
+  """
+  from flan_jax import models  # pylint: disable=import-outside-toplevel
+  from flan_jax.data import vocab  # pylint: disable=import-outside-toplevel
+  if dropout_rate is not None:
+    config = dataclasses.replace(config, dropout_rate=dropout_rate)
+  if vocabulary == "demo":
+    vocab_obj = vocab.demo_vocabulary()
+  elif vocabulary == "t5":
+    vocab_obj = vocab.t5_vocabulary()
+  else:
+    vocab_obj = vocab.t5_vocabulary(vocabulary)
+  return models.build_model_from_config(config, vocab_obj)
 
 
 def _model_family(model: Any) -> str:
