@@ -1,0 +1,162 @@
+"""Chip peaks, slice names and the roofline arithmetic behind `python -m flan_jax.compile`.
+
+Everything here is an *estimate*: published per-chip peaks (Cloud TPU documentation) and a
+roofline that assumes compute, HBM traffic and interconnect traffic overlap perfectly, so the
+step time is the slowest of the three. Real steps are slower; the estimate says whether a
+configuration is compute-, memory- or communication-bound and whether it fits in HBM.
+
+Slice names follow Cloud TPU accelerator types. v4 and v5p names count TensorCores and run
+two cores per chip as one "megacore" device (v4-64 = 32 chips = 32 JAX devices, 32 GiB each);
+v5e and v6e names count chips (one TensorCore each).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+
+GIB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipSpec:
+  """Published peaks of one chip (one JAX device)."""
+  name: str
+  peak_flops: float          # dense bf16 FLOP/s
+  hbm_bytes: int             # memory per device
+  hbm_bandwidth: float       # bytes/s
+  ici_bandwidth: float       # bytes/s per chip, all links together
+  cores_per_chip: int        # TensorCores behind one accelerator-type count unit
+  mesh_dims: int             # 3 (torus/mesh in 3-D) or 2
+
+
+CHIPS: dict[str, ChipSpec] = {
+    # cloud.google.com/tpu/docs/v4: 275 TFLOP/s bf16, 32 GiB HBM2 at 1,200 GB/s; ICI 6 × 50 GB/s.
+    "v4": ChipSpec("TPU v4", 275e12, 32 * GIB, 1200e9, 300e9, 2, 3),
+    # cloud.google.com/tpu/docs/v5p: 459 TFLOP/s, 95 GB at 2,765 GB/s, ICI 4,800 Gbps.
+    "v5p": ChipSpec("TPU v5p", 459e12, 95 * 10 ** 9, 2765e9, 600e9, 2, 3),
+    # cloud.google.com/tpu/docs/v5e: 197 TFLOP/s, 16 GB at 819 GB/s, ICI 1,600 Gbps.
+    "v5e": ChipSpec("TPU v5e", 197e12, 16 * 10 ** 9, 819e9, 200e9, 1, 2),
+    # cloud.google.com/tpu/docs/v6e: 918 TFLOP/s, 32 GB at 1,640 GB/s, ICI 3,200 Gbps.
+    "v6e": ChipSpec("TPU v6e", 918e12, 32 * 10 ** 9, 1640e9, 400e9, 1, 2),
+}
+_ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """A named slice: the libtpu topology name and the chip it is made of."""
+  accelerator_type: str      # as written by the user, e.g. 'v4-64'
+  libtpu_name: str           # e.g. 'v4:2x4x4'
+  chip: ChipSpec
+  num_chips: int
+
+  @property
+  def megacore(self) -> bool:
+    return self.chip.cores_per_chip == 2
+
+
+def _grid(num_chips: int, dims: int) -> tuple[int, ...]:
+  """The most cubic power-of-two grid of `num_chips` chips (ascending), e.g. 32 → 2x4x4."""
+  shape = [1] * dims
+  remaining = num_chips
+  while remaining > 1:
+    shape[shape.index(min(shape))] *= 2
+    remaining //= 2
+  return tuple(sorted(shape))
+
+
+def parse_topology(name: str) -> Topology:
+  """'v4-64', 'v5p-128', 'v5e-16' / 'v5litepod-16', 'v6e-8', or a libtpu name 'v4:4x4x2'."""
+  raw = name.strip().lower()
+  match = re.fullmatch(r"(v\d+[a-z]*)(?:-(\d+)|:(\d+(?:x\d+)+))", raw)
+  if not match:
+    raise ValueError(f"topology '{name}' is not understood; write a Cloud TPU accelerator type "
+                     f"such as v4-64, v5p-128, v5e-16 or v6e-8, or a libtpu name such as v4:2x4x4")
+  family = _ALIASES.get(match.group(1), match.group(1))
+  if family not in CHIPS:
+    raise ValueError(f"topology '{name}': unknown TPU generation '{match.group(1)}'; "
+                     f"known: {', '.join(sorted(CHIPS))}")
+  chip = CHIPS[family]
+  if match.group(3):
+    shape = tuple(int(s) for s in match.group(3).split("x"))
+    num_chips = math.prod(shape)
+  else:
+    cores = int(match.group(2))
+    num_chips = cores // chip.cores_per_chip
+    if num_chips < 1 or num_chips & (num_chips - 1) or cores % chip.cores_per_chip:
+      unit = "TensorCores (2 per chip)" if chip.cores_per_chip == 2 else "chips"
+      raise ValueError(f"topology '{name}': {family} slice sizes count {unit} and must give a "
+                       f"power-of-two number of chips, e.g. {family}-{8 * chip.cores_per_chip}")
+    shape = _grid(num_chips, chip.mesh_dims)
+  return Topology(name, f"{family}:{'x'.join(map(str, shape))}", chip, num_chips)
+
+
+def tpu_devices(topology: Topology) -> list:
+  """Compile-only TPU devices of the slice (needs libtpu: `pip install -e .[tpu]`)."""
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.accelerator_type)
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # keeps libtpu from probing GCE
+  try:
+    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    raise RuntimeError(f"compiling for {topology.accelerator_type} needs libtpu, which is not "
+                       f"installed; run `pip install -e .[tpu]` (or use --topology=cpu)") from e
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  options = {"chip_config_name": "megacore"} if topology.megacore else {}
+  desc = topologies.get_topology_desc(platform="tpu", topology_name=topology.libtpu_name, **options)
+  return list(desc.devices)
+
+
+def cpu_spec(num_devices: int, peak_flops: float, memory_bytes: int) -> ChipSpec:
+  """This host as a 'chip' per device: a share of the measured matmul peak and of the RAM."""
+  return ChipSpec(f"CPU (1/{num_devices} of this host)", peak_flops / num_devices,
+                  memory_bytes // num_devices, 20e9 / num_devices, 20e9 / num_devices, 1, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Roofline:
+  """Per-chip step-time estimate: max of compute, HBM and interconnect time (perfect overlap)."""
+  compute_s: float
+  memory_s: float
+  comm_s: float
+
+  @property
+  def step_s(self) -> float:
+    return max(self.compute_s, self.memory_s, self.comm_s)
+
+  @property
+  def bound(self) -> str:
+    return max((self.compute_s, "compute"), (self.memory_s, "HBM bandwidth"),
+               (self.comm_s, "interconnect"))[1]
+
+
+def roofline(chip: ChipSpec, flops: float, hbm_bytes_moved: float, comm_bytes: float) -> Roofline:
+  """`flops`, `hbm_bytes_moved` and `comm_bytes` are per chip per step."""
+  return Roofline(flops / chip.peak_flops, hbm_bytes_moved / chip.hbm_bandwidth,
+                  comm_bytes / chip.ici_bandwidth)
+
+
+_COLLECTIVE = re.compile(
+    r"=\s*(\(.*?\)|\S+)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
+    r"(?:-start)?\(")
+_SHAPE = re.compile(r"\b(pred|s8|u8|s16|u16|f16|bf16|s32|u32|f32|s64|u64|f64)\[([\d,]*)\]")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+          "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+
+
+def collective_bytes(hlo_text: str) -> float:
+  """Bytes produced by the cross-device collectives of a compiled (per-device) HLO module.
+
+  A rough proxy for interconnect traffic: all-reduce counts twice (reduce-scatter + all-gather);
+  loops are not unrolled here (the caller extrapolates over layers).
+  """
+  total = 0.0
+  for line in hlo_text.splitlines():
+    match = _COLLECTIVE.search(line)
+    if not match:
+      continue
+    size = sum(_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d)
+               for t, dims in _SHAPE.findall(match.group(1)))
+    total += size * (2 if match.group(2) == "all-reduce" else 1)
+  return total
