@@ -1,0 +1,92 @@
+"""Shared benchmark plumbing: one subprocess per framework, timing, the CPU's matmul peak, peak RSS.
+
+Each framework runs in its own process (`--only=jax` / `--only=torch`) so the peak resident memory
+of one does not include the other, and neither runs while the other is being timed. The parent
+prints every worker's JSON and, as its last line, one JSON object with the ratios.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "JAX_PLATFORMS": "cpu"}
+
+
+def run_workers(script: str, names: Sequence[str], extra_args: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+  """Runs `script --only=NAME` for each name; returns {name: the JSON its last line printed}."""
+  results = {}
+  for name in names:
+    env = {**os.environ, **QUIET_ENV}
+    proc = subprocess.run([sys.executable, script, f"--only={name}", *extra_args], env=env,
+                          capture_output=True, text=True, check=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode or not lines:
+      sys.stderr.write(proc.stderr[-3000:])
+      raise SystemExit(f"error: benchmark worker '{name}' failed (exit {proc.returncode}); its stderr is above")
+    results[name] = json.loads(lines[-1])
+    print(f"{name}: {lines[-1]}", flush=True)
+  return results
+
+
+def timed(fn: Callable[[], Any], iterations: int) -> list[float]:
+  """Wall-clock seconds of each call; `fn` must block until its result is ready."""
+  times = []
+  for _ in range(iterations):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def median(values: Sequence[float]) -> float:
+  ordered = sorted(values)
+  mid = len(ordered) // 2
+  return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def peak_rss_bytes() -> int:
+  """Peak resident set size of this process so far (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def jax_bf16_matmul_peak(size: int = 2048, iterations: int = 10) -> float:
+  """Measured FLOP/s of a bf16 × bf16 → f32-accumulated matmul in JAX (the CPU's practical peak)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.bfloat16)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.bfloat16)
+  dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+  dot(a, b).block_until_ready()
+  seconds = min(timed(lambda: dot(a, b).block_until_ready(), iterations))
+  return 2.0 * size ** 3 / seconds
+
+
+def emit(result: dict[str, Any]) -> None:
+  """The JSON line a worker or the parent ends with."""
+  print(json.dumps(result), flush=True)
+
+
+def hf_t5_v1_1_small(dropout_rate: float = 0.0):
+  """Hugging Face T5ForConditionalGeneration with T5 v1.1-small shapes and untied logits (77M).
+
+  transformers 5.x ties T5's output layer to the embedding whatever the config says; v1.1 is
+  untied, so the head gets its own parameter and leaves the tied-weights table.
+  """
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  config = transformers.T5Config(
+      vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8,
+      num_heads=6, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+      dropout_rate=dropout_rate, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  model = transformers.T5ForConditionalGeneration(config)
+  model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone().normal_(0.0, 0.05))
+  tied = dict(model.all_tied_weights_keys)
+  tied.pop("lm_head.weight", None)
+  model.all_tied_weights_keys = tied
+  return model
