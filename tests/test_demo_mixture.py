@@ -106,7 +106,9 @@ def test_seqio_evaluator_reports_per_task_accuracy():
 def test_mixture_and_registry():
   mixture = registry.get_mixture_or_task("demo")
   assert sorted(t.name for t in mixture.tasks) == sorted(demo.DEMO_TASKS)
-  assert demo_mixture.DEMO_RATES == {name: 1.0 for name in demo.DEMO_TASKS}
+  assert demo_mixture.DEMO_RATES == {
+      "demo_compare": 2.0, "demo_sentiment": 2.0, "demo_parity": 2.0, "demo_boolean": 2.0,
+      "demo_sort": 1.0, "demo_count": 1.0, "demo_arithmetic": 1.0}
   dataset = mixture.get_dataset(demo.DEMO_TASK_FEATURE_LENGTHS, split="train", shuffle=False,
                                 seed=3, passthrough_features=["_task_name"])
   names = {e["_task_name"].decode() for e in itertools.islice(dataset.as_numpy_iterator(), 120)}

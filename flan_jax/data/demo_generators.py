@@ -1,10 +1,11 @@
 """Procedurally generated instruction data for the demo mixture, with our own template families.
 
-Six families of canonical examples (see `templates.py` for the schema), each with ~10 templates:
+Seven families of canonical examples (see `templates.py` for the schema), each with ~10 templates:
 
 | family       | question                                   | answer            | chance (guessing) |
 | ------------ | ------------------------------------------ | ----------------- | ----------------- |
-| `compare`    | which of two numbers is larger             | one of 2 options  | 50%               |
+| `compare`    | is the first of two numbers larger         | yes / no          | 50%               |
+| `sentiment`  | is a short generated review positive       | positive/negative | 50%               |
 | `parity`     | is a number even                           | yes / no          | 50%               |
 | `boolean`    | value of an and/or/not expression          | True / False      | 59% (majority)    |
 | `sort`       | sort 3-5 numbers ascending                 | "3, 17, 42"       | ~0%               |
@@ -61,22 +62,59 @@ def generate(demo: DemoFamily, split: str, seed: int = 0) -> Iterator[Example]:
 # ----------------------------------------------------------------------------- compare
 
 def _make_compare(rng: random.Random) -> Example:
-  a, b = rng.sample(range(1000), 2)
-  return {"first": str(a), "second": str(b), "options": [str(a), str(b)], "answer": str(max(a, b))}
+  a, b = rng.sample(range(10, 100), 2)
+  return {"first": str(a), "second": str(b), "options": ["yes", "no"],
+          "answer": "yes" if a > b else "no"}
 
 
 COMPARE = tpl.TemplateFamily("demo_compare", (
-    T("Which number is larger, {first} or {second}?\n{options}", "{answer}"),
-    T("Pick the bigger number: {first} or {second}.\n{options}", "{answer}"),
-    T("{first} and {second}: which one is greater?\n{options}", "{answer}"),
-    T("Of the numbers {first} and {second}, name the larger one.\n{options}", "{answer}"),
-    T("Compare {first} with {second}. Which is more?\n{options}", "{answer}"),
-    T("Max of {first} and {second}?\n{options}", "{answer}"),
-    T("Here are two numbers: {first}, {second}. Which is the largest?\n{options}", "{answer}"),
-    T("Tell me which is greater: {first} or {second}.\n{options}", "{answer}"),
-    T("Which value is higher?\n{first} vs {second}\n{options}", "{answer}"),
-    T("Between {first} and {second}, which number comes later when counting up?\n{options}",
+    T("Is {first} larger than {second}?\n{options}", "{answer}"),
+    T("Is {first} bigger than {second}?\n{options}", "{answer}"),
+    T("{first} > {second}: true?\n{options}", "{answer}"),
+    T("Question: is the number {first} greater than {second}?\n{options}", "{answer}"),
+    T("Compare {first} with {second}. Is the first one more?\n{options}", "{answer}"),
+    T("Would {first} come after {second} when counting up?\n{options}", "{answer}"),
+    T("Here are two numbers: {first}, {second}. Is the first the larger one?\n{options}",
       "{answer}"),
+    T("Tell me whether {first} exceeds {second}.\n{options}", "{answer}"),
+    T("Is it true that {first} is more than {second}?\n{options}", "{answer}"),
+    T("If you had {first} coins and a friend had {second}, would you have more?\n{options}",
+      "{answer}"),
+))
+
+# ----------------------------------------------------------------------------- sentiment
+
+_THINGS = ("food", "service", "room", "movie", "book", "concert", "hotel", "phone", "game", "trip",
+           "coffee", "staff", "view", "music", "price")
+_POSITIVE = ("great", "wonderful", "excellent", "lovely", "fantastic", "delightful", "superb",
+             "pleasant", "amazing", "charming")
+_NEGATIVE = ("awful", "terrible", "boring", "rude", "disappointing", "dreadful", "poor", "bland",
+             "horrible", "annoying")
+_NEUTRAL = ("We went there on a Tuesday.", "It was my second visit.", "I came with two friends.",
+            "We stayed for about an hour.", "It was a rainy day.", "")
+
+
+def _make_sentiment(rng: random.Random) -> Example:
+  positive = rng.random() < 0.5
+  adjective = rng.choice(_POSITIVE if positive else _NEGATIVE)
+  intensifier = rng.choice(("", "really ", "quite ", "truly "))
+  review = f"The {rng.choice(_THINGS)} was {intensifier}{adjective}. {rng.choice(_NEUTRAL)}".strip()
+  return {"review": review, "options": ["positive", "negative"],
+          "answer": "positive" if positive else "negative"}
+
+
+SENTIMENT = tpl.TemplateFamily("demo_sentiment", (
+    T("Review: {review}\nIs this review positive or negative?\n{options}", "{answer}"),
+    T("{review}\nWhat is the sentiment of this review?\n{options}", "{answer}"),
+    T("Did the writer like it? \"{review}\"\n{options}", "{answer}"),
+    T("Classify the tone of the following text.\n{review}\n{options}", "{answer}"),
+    T("How does the customer feel? {review}\n{options}", "{answer}"),
+    T("Read the review and tell me if it is positive or negative: {review}\n{options}",
+      "{answer}"),
+    T("\"{review}\" Was this a good or a bad experience?\n{options}", "{answer}"),
+    T("Sentiment analysis.\nText: {review}\n{options}", "{answer}"),
+    T("Is the opinion in this sentence favorable? {review}\n{options}", "{answer}"),
+    T("Someone wrote: {review}\nWhat is their overall opinion?\n{options}", "{answer}"),
 ))
 
 # ----------------------------------------------------------------------------- parity
@@ -225,6 +263,8 @@ ARITHMETIC = tpl.TemplateFamily(
 
 FAMILIES: dict[str, DemoFamily] = {d.name: d for d in (
     DemoFamily("compare", _make_compare, ("first", "second"), COMPARE,
+               (tpl.ZS_OPT, tpl.ZS_NOOPT, tpl.FS_OPT), 0.5),
+    DemoFamily("sentiment", _make_sentiment, ("review",), SENTIMENT,
                (tpl.ZS_OPT, tpl.ZS_NOOPT, tpl.FS_OPT), 0.5),
     DemoFamily("parity", _make_parity, ("number",), PARITY,
                (tpl.ZS_OPT, tpl.ZS_NOOPT, tpl.FS_NOOPT), 0.5),
