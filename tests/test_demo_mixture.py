@@ -11,6 +11,7 @@ import seqio
 
 from flan_jax.data import demo_generators
 from flan_jax.data import registry
+from flan_jax.data import templates
 from flan_jax.data import vocab
 from flan_jax.mixtures import demo as demo_mixture
 from flan_jax.tasks import demo
@@ -65,6 +66,13 @@ def test_tasks_load_through_seqio_with_metadata_and_short_sequences(validation_s
       assert vocabulary.decode(e["targets"].tolist()) == e["targets_pretokenized"].decode()
     fits = np.mean([len(e["inputs"]) < demo.DEMO_TASK_FEATURE_LENGTHS["inputs"] for e in examples])
     assert fits > 0.97, name  # only rare inputs are trimmed
+
+
+def test_documented_chance_is_the_majority_answer_rate(validation_sets):
+  for name, examples in validation_sets.items():
+    answers = [templates.extract_answer(e["targets_pretokenized"].decode()) for e in examples]
+    majority = max(answers.count(a) for a in set(answers)) / len(answers)
+    assert abs(majority - demo.CHANCE[name]) < 0.03, (name, majority)
 
 
 def test_validation_is_disjoint_from_train_and_deterministic():
