@@ -2,9 +2,15 @@
 
 The model is anything with the wrapper interface of docs/ARCHITECTURE.md
 (`get_initial_variables`, `loss_fn(params, batch, dropout_rng) -> (loss, metrics)`), whose
-parameters carry logical axis names (`nn.Partitioned` boxes). `loss` is taken to be the mean over
-the `num_tokens` target tokens of its batch; that is what lets gradient accumulation reproduce the
-large batch exactly (`loss_normalization='tokens'`).
+parameters carry logical axis names (`nn.Partitioned` boxes).
+
+Gradient accumulation over microbatches reproduces the large batch exactly when the trainer
+knows how the model normalizes its loss (`loss_normalization`):
+  'tokens'          loss = mean over the `num_tokens` target tokens of the batch (the wrappers'
+                    default): microbatch gradients are weighted by their token counts;
+  'microbatch_mean' loss = mean over the batch's sequences (fixed count per microbatch): plain mean;
+  'sum'             loss = sum / a constant: microbatch gradients add up.
+Reported metrics are token-weighted means in every mode.
 
 Steps return metrics as device arrays and never block; the caller fetches them when it logs.
 """
@@ -25,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from flan_jax import partitioning
 from flan_jax.optim import Optimizer
 
-LOSS_NORMALIZATIONS = ("tokens", "microbatches")
+LOSS_NORMALIZATIONS = ("tokens", "microbatch_mean", "sum")
 
 
 @flax.struct.dataclass
@@ -176,6 +182,7 @@ class Trainer:
     return TrainState(step=step, params=params, opt_state=opt_state)
 
   def _loss_and_grads(self, params, batch, rng):
+    """Gradient of loss · w (w per `loss_normalization`), the metrics and w."""
     def weighted(p):
       loss, metrics = self.model.loss_fn(p, batch, rng)
       weight = (metrics["num_tokens"] if self.loss_normalization == "tokens"
@@ -189,8 +196,8 @@ class Trainer:
     n = self.num_microbatches
     if n == 1:
       grads, metrics, weight = self._loss_and_grads(state.params, batch, rng)
-      sums = jax.tree.map(lambda m: m * weight, metrics)
-      tokens = metrics["num_tokens"]
+      tokens = jnp.asarray(metrics["num_tokens"], jnp.float32)
+      sums = jax.tree.map(lambda m: m * tokens, metrics)
     else:
       batch_axes = partitioning.batch_sharding(self.mesh, 2, self.rules).spec[0]
       def split(x):  # microbatch i = rows i, i+n, ... so every device feeds every microbatch
@@ -203,9 +210,10 @@ class Trainer:
         g_acc, m_acc, w_acc, t_acc = carry
         mb = jax.tree.map(lambda x: x[i], micro)
         g, m, w = self._loss_and_grads(state.params, mb, jax.random.fold_in(rng, i))
+        t = jnp.asarray(m["num_tokens"], jnp.float32)
         g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
-        m_acc = jax.tree.map(lambda a, b: a + b * w, m_acc, m)
-        return (g_acc, m_acc, w_acc + w, t_acc + m["num_tokens"]), None
+        m_acc = jax.tree.map(lambda a, b: a + b * t, m_acc, m)
+        return (g_acc, m_acc, w_acc + w, t_acc + t), None
 
       zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
       _, m_shape, _ = jax.eval_shape(self._loss_and_grads, state.params,
@@ -214,10 +222,12 @@ class Trainer:
       zero = jnp.zeros((), jnp.float32)
       (grads, sums, weight, tokens), _ = jax.lax.scan(
           body, (zeros_g, zeros_m, zero, zero), jnp.arange(n))
-    total = jnp.maximum(weight, 1e-9)
-    grads = jax.tree.map(lambda g, p: (g / total).astype(p.dtype), grads, state.params)
-    metrics = {k: v / total for k, v in sums.items()}
-    metrics["num_tokens"] = jnp.asarray(tokens, jnp.float32)
+    if self.loss_normalization == "sum":
+      weight = jnp.ones((), jnp.float32)
+    grads = jax.tree.map(lambda g, p: (g / jnp.maximum(weight, 1e-9)).astype(p.dtype),
+                         grads, state.params)
+    metrics = {k: v / jnp.maximum(tokens, 1e-9) for k, v in sums.items()}
+    metrics["num_tokens"] = tokens
     updates, opt_state = self.optimizer.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["learning_rate"] = jnp.asarray(self.optimizer.learning_rate(state.step), jnp.float32)
