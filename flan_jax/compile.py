@@ -196,7 +196,9 @@ def analyze(setup: TrainSetup, topology: str = "cpu", mesh_shape: Mapping[str, i
       estimate_flops_per_example(trainer.abstract_params, setup.task_feature_lengths)
       + attention_flops_per_example(config, setup.task_feature_lengths))
   model_flops_per_chip = model_flops / len(devices)
-  line = roofline.roofline(chip, xla_flops, hbm_moved, comm)
+  # XLA's count can come out below the analytic one (it is per-device after partitioning and
+  # approximate); the roofline takes the larger so it never flatters the step time.
+  line = roofline.roofline(chip, max(xla_flops, model_flops_per_chip), hbm_moved, comm)
   return {
       "topology": topology, "libtpu_topology": name, "chip": chip.name, "num_chips": num_chips,
       "num_devices": len(devices), "mesh": dict(mesh.shape), "num_params": trainer.num_params,

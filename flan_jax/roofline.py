@@ -58,13 +58,16 @@ class Topology:
 
 
 def _grid(num_chips: int, dims: int) -> tuple[int, ...]:
-  """The most cubic power-of-two grid of `num_chips` chips (ascending), e.g. 32 → 2x4x4."""
-  shape = [1] * dims
-  remaining = num_chips
+  """The most cubic power-of-two grid of `num_chips` chips, e.g. 32 → 2x4x4, 4 → 2x2x1.
+
+  3-D slices grow from one host's 2x2x1 block (libtpu rejects grids that hosts do not tile).
+  """
+  shape = [2, 2, 1] if dims == 3 and num_chips >= 4 else [1] * dims
+  remaining = num_chips // math.prod(shape)
   while remaining > 1:
     shape[shape.index(min(shape))] *= 2
     remaining //= 2
-  return tuple(sorted(shape))
+  return tuple(shape) if 1 in shape and dims == 3 else tuple(sorted(shape))
 
 
 def parse_topology(name: str) -> Topology:
