@@ -1,0 +1,225 @@
+"""Autoregressive decoding over a KV cache: greedy, temperature / top-k / top-p sampling, beam search.
+
+Both loops are `lax.while_loop`s with static shapes, so they jit once per batch shape. The network
+is reached only through a callback `tokens_to_logits(state: DecodingState) -> (logits, new_cache)`
+that feeds ONE token per row (`state.cur_token`, `[rows, 1]`) at position `state.cur_index` and
+returns the next-token logits `[rows, vocab]` and the updated cache.
+
+Sequences are laid out like decoder targets: `sequences[:, i]` is the token predicted at step i,
+and the token fed at step i is `sequences[:, i - 1]` (0, the BOS/pad id, at step 0). A prompt
+(decoder-only prefix LM) is given as `prompt` with `prompt_lengths`: while `i < prompt_lengths`,
+the step is forced to the prompt token instead of sampled, so the cache fills with the prompt.
+Everything after the first generated EOS is 0.
+
+The cache is created by the caller for `rows` sequences (the batch already repeated
+`num_decodes`/`beam_size` times, see `repeat_rows`); beam search reorders its leaves along
+`cache_batch_axis` (0 unless layers are stacked in front of the batch).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1.0e7  # Finite, so that scores of dead beams never turn into NaN.
+
+
+@flax.struct.dataclass
+class DecodingState:
+  """What `tokens_to_logits` sees at one step."""
+  cur_index: jax.Array  # [] int32: position of cur_token in the sequence.
+  cur_token: jax.Array  # [rows, 1] int32.
+  cache: Any
+
+
+TokensToLogits = Callable[[DecodingState], tuple[jax.Array, Any]]
+
+
+def repeat_rows(x: jax.Array, n: int) -> jax.Array:
+  """[batch, ...] → [batch * n, ...], each row repeated n times consecutively."""
+  return jnp.repeat(x, n, axis=0) if n > 1 else x
+
+
+def _fed_token(sequences: jax.Array, i: jax.Array) -> jax.Array:
+  """The token fed at step i: sequences[:, i - 1], or 0 at step 0.  -> [rows, 1]."""
+  prev = jax.lax.dynamic_slice_in_dim(sequences, jnp.maximum(i - 1, 0), 1, axis=1)
+  return jnp.where(i > 0, prev, jnp.zeros_like(prev))
+
+
+def _prompt_info(prompt: jax.Array | None, prompt_lengths: jax.Array | None, rows: int,
+                 length: int) -> tuple[jax.Array, jax.Array]:
+  if prompt is None:
+    return jnp.zeros((rows, length), jnp.int32), jnp.zeros((rows,), jnp.int32)
+  if prompt_lengths is None:
+    raise ValueError("a decoding prompt needs prompt_lengths (the number of forced tokens per row)")
+  return prompt.astype(jnp.int32), prompt_lengths.astype(jnp.int32)
+
+
+def filter_logits(logits: jax.Array, *, topk: int = 0, topp: float = 0.0) -> jax.Array:
+  """Sets logits outside the top-k and outside the top-p nucleus to NEG_INF (0 disables each)."""
+  if topk > 0:
+    kth = jax.lax.top_k(logits, topk)[0][..., -1:]
+    logits = jnp.where(logits < kth, NEG_INF, logits)
+  if topp > 0.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # Keep a token while the mass of strictly better tokens is below topp (the best is always kept).
+    kept = jnp.where(mass_before < topp, sorted_logits, jnp.inf)
+    threshold = jnp.min(kept, axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, NEG_INF, logits)
+  return logits
+
+
+def temperature_sample(tokens_to_logits: TokensToLogits, cache: Any, *, rows: int, length: int,
+                       eos_id: int, rng: jax.Array | None = None, temperature: float = 1.0,
+                       topk: int = 0, topp: float = 0.0, prompt: jax.Array | None = None,
+                       prompt_lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Samples `rows` sequences of up to `length` tokens; temperature 0 is greedy (argmax).
+
+  Returns:
+    (sequences int32 [rows, length], log-likelihood float32 [rows] of the generated tokens
+    under the unfiltered, temperature-1 distribution; prompt tokens are not counted).
+  """
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  prompt, prompt_lengths = _prompt_info(prompt, prompt_lengths, rows, length)
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+
+  def cond(carry):
+    i, _, ended, _, _, _ = carry
+    return (i < length) & ~jnp.all(ended)
+
+  def body(carry):
+    i, sequences, ended, logprob, cache, rng = carry
+    rng, step_rng = jax.random.split(rng)
+    logits, cache = tokens_to_logits(
+        DecodingState(cur_index=i, cur_token=_fed_token(sequences, i), cache=cache))
+    logits = logits.astype(jnp.float32)
+    if temperature == 0.0:
+      sampled = jnp.argmax(logits, axis=-1)
+    else:
+      filtered = filter_logits(logits / temperature, topk=topk, topp=topp)
+      sampled = jax.random.categorical(step_rng, filtered, axis=-1)
+    forced = i < prompt_lengths
+    token = jnp.where(forced, prompt[:, i], sampled.astype(jnp.int32))
+    token = jnp.where(ended, 0, token)
+    token_logprob = jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], axis=-1)[:, 0]
+    logprob = logprob + jnp.where(forced | ended, 0.0, token_logprob)
+    ended = ended | (~forced & (token == eos_id))
+    sequences = jax.lax.dynamic_update_slice_in_dim(sequences, token[:, None], i, axis=1)
+    return i + 1, sequences, ended, logprob, cache, rng
+
+  init = (jnp.zeros((), jnp.int32), jnp.zeros((rows, length), jnp.int32),
+          jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.float32), cache, rng)
+  _, sequences, _, logprob, _, _ = jax.lax.while_loop(cond, body, init)
+  return sequences, logprob
+
+
+def brevity_penalty(alpha: float, length: jax.Array) -> jax.Array:
+  """GNMT length penalty ((5 + length) / 6) ** alpha; scores are log-likelihood / penalty."""
+  return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
+
+
+@flax.struct.dataclass
+class _BeamState:
+  i: jax.Array
+  live_logprobs: jax.Array   # [batch, beams]
+  live_seqs: jax.Array       # [batch, beams, length]
+  finished_scores: jax.Array  # [batch, beams]
+  finished_seqs: jax.Array   # [batch, beams, length]
+  cache: Any
+
+
+def _gather_beams(x: jax.Array, beam_indices: jax.Array) -> jax.Array:
+  """x [batch, old_beams, ...], beam_indices [batch, new_beams] → [batch, new_beams, ...]."""
+  return jnp.take_along_axis(x, beam_indices.reshape(beam_indices.shape + (1,) * (x.ndim - 2)),
+                             axis=1)
+
+
+def _gather_cache(cache: Any, beam_indices: jax.Array, beams: int, axis: int) -> Any:
+  batch, new_beams = beam_indices.shape
+
+  def one(leaf):
+    if leaf.ndim == 0:
+      return leaf
+    moved = jnp.moveaxis(leaf, axis, 0)
+    split = moved.reshape((batch, beams) + moved.shape[1:])
+    gathered = _gather_beams(split, beam_indices)
+    return jnp.moveaxis(gathered.reshape((batch * new_beams,) + moved.shape[1:]), 0, axis)
+  return jax.tree.map(one, cache)
+
+
+def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch: int, beam_size: int,
+                length: int, eos_id: int, alpha: float = 0.6, prompt: jax.Array | None = None,
+                prompt_lengths: jax.Array | None = None,
+                cache_batch_axis: int = 0) -> tuple[jax.Array, jax.Array]:
+  """Beam search with the GNMT length penalty (`alpha`); the cache holds batch * beam_size rows.
+
+  `prompt` / `prompt_lengths` are per batch row ([batch, length], [batch]). A sequence is scored
+  by its generated log-likelihood / brevity_penalty(alpha, generated length incl. EOS).
+
+  Returns:
+    (sequences int32 [batch, beam_size, length] best first, scores float32 [batch, beam_size]).
+  """
+  prompt, prompt_lengths = _prompt_info(prompt, prompt_lengths, batch, length)
+  k = beam_size
+  max_penalty = brevity_penalty(alpha, length - prompt_lengths)  # [batch]
+
+  def cond(s: _BeamState):
+    # Stop when no live beam can still beat the worst finished one, even at full length.
+    best_live = s.live_logprobs[:, 0] / max_penalty
+    worst_finished = jnp.min(s.finished_scores, axis=1)
+    return (s.i < length) & ~jnp.all(worst_finished > best_live)
+
+  def body(s: _BeamState):
+    i = s.i
+    flat_seqs = s.live_seqs.reshape(batch * k, length)
+    logits, cache = tokens_to_logits(
+        DecodingState(cur_index=i, cur_token=_fed_token(flat_seqs, i), cache=s.cache))
+    vocab = logits.shape[-1]
+    logprobs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, k, vocab)
+    forced = (i < prompt_lengths)[:, None, None]
+    forced_onehot = jax.nn.one_hot(prompt[:, i], vocab, dtype=bool)[:, None, :]
+    logprobs = jnp.where(forced, jnp.where(forced_onehot, 0.0, NEG_INF), logprobs)
+    candidates = (s.live_logprobs[:, :, None] + logprobs).reshape(batch, k * vocab)
+    top_logprobs, top_ids = jax.lax.top_k(candidates, 2 * k)
+    top_beams, top_tokens = top_ids // vocab, (top_ids % vocab).astype(jnp.int32)
+    top_seqs = _gather_beams(s.live_seqs, top_beams)
+    top_seqs = jax.lax.dynamic_update_slice_in_dim(top_seqs, top_tokens[:, :, None], i, axis=2)
+    is_eos = (top_tokens == eos_id) & ~forced[:, :, 0] & (top_logprobs > NEG_INF / 2)
+
+    # Live set: the best k candidates that did not just end.
+    alive_logprobs, alive_pick = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_logprobs), k)
+    live_seqs = _gather_beams(top_seqs, alive_pick)
+    cache = _gather_cache(cache, jnp.take_along_axis(top_beams, alive_pick, axis=1), k,
+                          cache_batch_axis)
+
+    # Finished set: the best k among the old finished and the candidates that just ended.
+    generated = (i + 1 - prompt_lengths)[:, None]
+    new_scores = jnp.where(is_eos, top_logprobs / brevity_penalty(alpha, generated), NEG_INF)
+    all_scores = jnp.concatenate([s.finished_scores, new_scores], axis=1)
+    all_seqs = jnp.concatenate([s.finished_seqs, top_seqs], axis=1)
+    finished_scores, finished_pick = jax.lax.top_k(all_scores, k)
+    finished_seqs = _gather_beams(all_seqs, finished_pick)
+    return _BeamState(i=i + 1, live_logprobs=alive_logprobs, live_seqs=live_seqs,
+                      finished_scores=finished_scores, finished_seqs=finished_seqs, cache=cache)
+
+  # Only beam 0 is live at the start, so the k beams do not all expand the same prefix.
+  init = _BeamState(
+      i=jnp.zeros((), jnp.int32),
+      live_logprobs=jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (batch, 1)),
+      live_seqs=jnp.zeros((batch, k, length), jnp.int32),
+      finished_scores=jnp.full((batch, k), NEG_INF, jnp.float32),
+      finished_seqs=jnp.zeros((batch, k, length), jnp.int32), cache=cache)
+  final = jax.lax.while_loop(cond, body, init)
+
+  # Rows where nothing finished (ran out of length) return their live beams instead.
+  any_finished = jnp.any(final.finished_scores > NEG_INF / 2, axis=1)
+  live_scores = final.live_logprobs / max_penalty[:, None]
+  sequences = jnp.where(any_finished[:, None, None], final.finished_seqs, final.live_seqs)
+  scores = jnp.where(any_finished[:, None], final.finished_scores, live_scores)
+  return sequences, scores
