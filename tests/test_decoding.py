@@ -19,17 +19,21 @@ def toy():
   w_mean = jax.random.normal(k2, (DIM, VOCAB)) * 2.0
   w_last = jax.random.normal(k3, (DIM, VOCAB)) * 2.0
 
+  def eos_bias(num_fed):
+    """EOS grows likelier with length, so sequences end at different steps."""
+    return jnp.zeros(VOCAB).at[EOS].set(3.0 * num_fed - 9.0)
+
   def cached(state):
     """Cache = running sum of fed embeddings per row."""
     e = emb[state.cur_token[:, 0]]
     total = state.cache["sum"] + e
     logits = (total / (state.cur_index + 1)) @ w_mean + e @ w_last
-    return logits, {"sum": total}
+    return logits + eos_bias(state.cur_index + 1), {"sum": total}
 
   def full(fed):
     """No cache: recompute from the whole fed prefix [rows, t]."""
     e = emb[fed]
-    return e.mean(axis=1) @ w_mean + e[:, -1] @ w_last
+    return e.mean(axis=1) @ w_mean + e[:, -1] @ w_last + eos_bias(fed.shape[1])
 
   return cached, full
 
@@ -76,10 +80,12 @@ def test_greedy_with_cache_equals_full_recompute(toy):
 
 def test_tokens_after_eos_are_zero(toy):
   cached, _ = toy
-  seqs, _ = _greedy(cached, 1, 12)
-  row = np.asarray(seqs)[0]
-  if EOS in row:
-    assert not row[list(row).index(EOS) + 1:].any()
+  seqs, _ = decoding.temperature_sample(cached, _cache(16), rows=16, length=12, eos_id=EOS,
+                                        rng=jax.random.PRNGKey(2), temperature=2.0)
+  ended = [row for row in np.asarray(seqs).tolist() if EOS in row[:-1]]
+  assert ended
+  for row in ended:
+    assert not any(row[row.index(EOS) + 1:])
 
 
 def test_near_zero_temperature_and_top1_equal_greedy(toy):
@@ -124,12 +130,13 @@ def test_filter_logits_topk_and_topp():
 
 
 def test_beam_of_one_equals_greedy(toy):
+  """Holds when greedy ends within the length (else beam search returns its best finished beam)."""
   cached, _ = toy
-  greedy, _ = _greedy(cached, 2, 6, prompt=jnp.array([[0] * 6, [3] + [0] * 5]),
-                      prompt_lengths=jnp.array([0, 1]))
-  beams, _ = decoding.beam_search(cached, _cache(2), batch=2, beam_size=1, length=6, eos_id=EOS,
-                                  alpha=0.0, prompt=jnp.array([[0] * 6, [3] + [0] * 5]),
-                                  prompt_lengths=jnp.array([0, 1]))
+  prompt, lengths = jnp.array([[0] * 12, [3] + [0] * 11]), jnp.array([0, 1])
+  greedy, _ = _greedy(cached, 2, 12, prompt=prompt, prompt_lengths=lengths)
+  assert all(EOS in row for row in np.asarray(greedy).tolist())
+  beams, _ = decoding.beam_search(cached, _cache(2), batch=2, beam_size=1, length=12, eos_id=EOS,
+                                  alpha=0.0, prompt=prompt, prompt_lengths=lengths)
   np.testing.assert_array_equal(np.asarray(beams)[:, 0], np.asarray(greedy))
 
 
