@@ -61,6 +61,20 @@ def _dataset_fn(demo: demo_generators.DemoFamily, split: str, shuffle_files: boo
   return tf.data.Dataset.from_tensor_slices(columns)
 
 
+class _GeneratedSource(seqio.FunctionDataSource):
+  """A function source for fixed generated data, which has no files to shuffle.
+
+  seqio warns about "insufficient shuffling on restarts" whenever a function source is asked to
+  shuffle; here the examples are shuffled by the Task's shuffle buffer instead, so the source is
+  always read in order and the warning (printed once per task and run) does not apply.
+  """
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, **kwargs) -> tf.data.Dataset:
+    del shuffle
+    return super().get_dataset(split, shuffle=False, seed=seed, shard_info=shard_info, **kwargs)
+
+
 def _exemplars(demo: demo_generators.DemoFamily) -> list[dict]:
   # A different seed than the train stream, but still train-split examples (never validation).
   return list(itertools.islice(demo_generators.generate(demo, "train", DEMO_SEED + 1),
@@ -75,9 +89,8 @@ def _register(demo: demo_generators.DemoFamily, output_features: dict) -> str:
     seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
       name,
-      source=seqio.FunctionDataSource(functools.partial(_dataset_fn, demo),
-                                      splits=list(NUM_EXAMPLES),
-                                      num_input_examples=dict(NUM_EXAMPLES)),
+      source=_GeneratedSource(functools.partial(_dataset_fn, demo), splits=list(NUM_EXAMPLES),
+                              num_input_examples=dict(NUM_EXAMPLES)),
       preprocessors=[
           formatting.make_preprocessor(
               demo.family, demo.template_types, task_name=name, task_source=TASK_SOURCE,

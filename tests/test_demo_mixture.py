@@ -85,6 +85,17 @@ def test_validation_is_disjoint_from_train_and_deterministic():
     assert validation == again
 
 
+def test_shuffled_train_stream_is_deterministic_for_a_seed():
+  task = seqio.get_mixture_or_task("demo_parity")
+
+  def first(seed):
+    ds = task.get_dataset(demo.DEMO_TASK_FEATURE_LENGTHS, split="train", shuffle=True, seed=seed)
+    return [e["inputs_pretokenized"] for e in itertools.islice(ds.as_numpy_iterator(), 20)]
+
+  assert first(5) == first(5)
+  assert first(5) != first(6)
+
+
 def test_metrics_score_gold_as_one_and_cot_on_the_final_answer(validation_sets):
   for name, examples in validation_sets.items():
     task = seqio.get_mixture_or_task(name)

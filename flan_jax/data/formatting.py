@@ -106,7 +106,8 @@ class Formatter:
     seed: seeds option layouts and exemplar draws.
     options_mode: "deterministic" or "random" option rendering.
     exemplars: the exemplar pool (train split) for few-shot types: a sequence of canonical examples
-      or a zero-argument callable returning an iterable of them (read once, first `pool_size`).
+      or a zero-argument callable returning an iterable of them (read once, first `pool_size`);
+      from tf.data: `lambda: map(to_python, train_dataset.as_numpy_iterator())`.
     fewshot: few-shot settings.
     token_counter: counts tokens of an input string; needed for pruning to `max_input_tokens`
       (without it no pruning happens).
