@@ -1,4 +1,5 @@
 """The demo mixture through SeqIO: vocabulary, splits, metadata, metrics, registry, README example."""
+import concurrent.futures
 import itertools
 import os
 import re
@@ -41,6 +42,16 @@ def test_demo_vocabulary_is_cached_and_deterministic(tmp_path, monkeypatch):
   assert fresh.parent.parent == tmp_path and fresh.name == cached.name
   assert fresh.read_bytes() == cached.read_bytes()
   assert os.listdir(fresh.parent) == [fresh.name]
+
+
+def test_concurrent_cold_cache_writers_leave_one_whole_file(tmp_path, monkeypatch):
+  expected = vocab.demo_vocabulary_path().read_bytes()
+  monkeypatch.setenv(vocab.CACHE_DIR_ENV, str(tmp_path))
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    paths = list(pool.map(lambda _: vocab.demo_vocabulary_path(), range(3)))
+  assert len(set(paths)) == 1 and paths[0].parent.parent == tmp_path
+  assert paths[0].read_bytes() == expected
+  assert os.listdir(paths[0].parent) == [paths[0].name]
 
 
 def test_t5_vocabulary(t5_vocab_path, monkeypatch):
