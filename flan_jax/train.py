@@ -169,7 +169,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           batch_size: int = gin.REQUIRED, model: Any = gin.REQUIRED,
           optimizer: Optimizer | None = None, initial_checkpoint_path: str | None = None,
           pack: bool = True, shuffle: bool = True, seed: int = 0, use_cached: bool = False,
-          num_microbatches: int = 1, loss_normalization: str = "tokens",
+          num_microbatches: int = 1, loss_normalization: str | None = None,
           log_period: int = 100, checkpoint_period: int = 1000, keep_checkpoints: int | None = 3,
           async_checkpointing: bool = True, eval_period: int = 1000, eval_batches: int = 10,
           infer_eval: bool = True, infer_eval_examples: int | None = None,

@@ -10,7 +10,8 @@ knows how the model normalizes its loss (`loss_normalization`):
                     default): microbatch gradients are weighted by their token counts;
   'microbatch_mean' loss = mean over the batch's sequences (fixed count per microbatch): plain mean;
   'sum'             loss = sum / a constant: microbatch gradients add up.
-Reported metrics are token-weighted means in every mode.
+Reported metrics are token-weighted means in every mode. Left unset, the mode follows the model
+wrapper's own `loss_normalization` (see `accumulation_mode`).
 
 Steps return metrics as device arrays and never block; the caller fetches them when it logs.
 """
@@ -112,6 +113,15 @@ def estimate_flops_per_example(params: Any, feature_lengths: Mapping[str, int]) 
   return flops
 
 
+def accumulation_mode(model_loss_normalization: Any) -> str:
+  """The microbatch weighting that matches a model wrapper's loss normalization."""
+  if isinstance(model_loss_normalization, (int, float)) and not isinstance(model_loss_normalization, bool):
+    return "sum"
+  if model_loss_normalization in ("num_total_target_tokens", "per_sequence"):
+    return "microbatch_mean"  # exact for the former; per_sequence has near-equal counts per microbatch
+  return "tokens"
+
+
 class Trainer:
   """Builds the sharded train state and the compiled train / eval steps for one mesh."""
 
@@ -119,7 +129,10 @@ class Trainer:
                input_shapes: Mapping[str, tuple[int, ...]],
                input_types: Mapping[str, Any] | None = None, *,
                rules: Sequence[tuple[str, Any]] = partitioning.LOGICAL_AXIS_RULES,
-               num_microbatches: int = 1, loss_normalization: str = "tokens", seed: int = 0):
+               num_microbatches: int = 1, loss_normalization: str | None = None, seed: int = 0):
+    if loss_normalization is None:
+      loss_normalization = accumulation_mode(
+          getattr(model, "loss_normalization", "num_real_target_tokens"))
     if loss_normalization not in LOSS_NORMALIZATIONS:
       raise ValueError(f"loss_normalization '{loss_normalization}' is not one of {LOSS_NORMALIZATIONS}")
     batch_size = next(iter(input_shapes.values()))[0]

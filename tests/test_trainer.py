@@ -77,9 +77,18 @@ def toy_batches(num: int, batch_size: int = 16, seed: int = 0) -> list[dict[str,
 SHAPES = {"decoder_input_tokens": (16, LENGTH), "decoder_target_tokens": (16, LENGTH)}
 
 
-def run_losses(mesh_shape, steps=6, num_microbatches=1, optimizer=None):
+class SumLossModel(ToyModel):
+  """Loss normalized by a constant (sum / 50), as model wrappers do with a float normalization."""
+  loss_normalization = 50.0
+
+  def loss_fn(self, params, batch, dropout_rng):
+    loss, metrics = super().loss_fn(params, batch, dropout_rng)
+    return loss * metrics["num_tokens"] / self.loss_normalization, metrics
+
+
+def run_losses(mesh_shape, steps=6, num_microbatches=1, optimizer=None, model=None):
   mesh = partitioning.create_mesh(*mesh_shape, devices=jax.devices()[:np.prod(mesh_shape)])
-  trainer = Trainer(ToyModel(), optimizer or optim.adafactor(1e-2), mesh, SHAPES,
+  trainer = Trainer(model or ToyModel(), optimizer or optim.adafactor(1e-2), mesh, SHAPES,
                     num_microbatches=num_microbatches)
   state = trainer.init_state()
   losses = []
@@ -113,10 +122,14 @@ def test_optimizer_state_is_sharded_like_params():
   assert state.params["wi"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "model")
 
 
-def test_microbatching_equals_the_full_batch(single_device):
-  ref_losses, ref_state, _ = run_losses((2, 1, 1), steps=3, optimizer=optim.adamw(1e-2))
-  for n in (2, 4):
-    losses, state, _ = run_losses((2, 1, 1), steps=3, num_microbatches=n, optimizer=optim.adamw(1e-2))
+@pytest.mark.parametrize("model_cls", [ToyModel, SumLossModel], ids=["token_mean", "constant"])
+def test_microbatching_equals_the_full_batch(model_cls):
+  """Microbatches weighted per the model's loss normalization reproduce the large batch."""
+  run = lambda **kw: run_losses((2, 1, 1), steps=3, optimizer=optim.adamw(1e-2), model=model_cls(), **kw)
+  ref_losses, ref_state, trainer = run()
+  assert trainer.loss_normalization == ("sum" if model_cls is SumLossModel else "tokens")
+  for n in (4,):
+    losses, state, _ = run(num_microbatches=n)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  state.params, ref_state.params)
