@@ -1,0 +1,95 @@
+"""Checkpoint conversion: T5X → flan_jax, Hugging Face → flan_jax, flan_jax → Hugging Face.
+
+  python -m flan_jax.convert t5x-to-flax --input T5X_CKPT --output MODEL_DIR [--vocab SPM]
+      [--config flan_t5_small | --gin_file models/flan_t5_small.gin]
+  python -m flan_jax.convert hf-to-flax --input HF_DIR --output MODEL_DIR [--allow_pickle]
+  python -m flan_jax.convert flax-to-hf --input MODEL_DIR --output HF_DIR [--step N]
+
+T5X checkpoints carry no config: it is inferred from the parameter shapes unless --config (a
+name from flan_jax.models.configs.CONFIGS) or --gin_file (a model gin binding
+`build_model.config`) gives it. Neither T5X nor some HF checkpoints carry the SentencePiece model:
+--vocab names it (default for T5: the T5 vocabulary, see flan_jax.data.vocab).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from flan_jax import gin_utils
+from flan_jax.convert import core
+from flan_jax.convert.params import ParamMismatchError
+
+COMMANDS = ("t5x-to-flax", "hf-to-flax", "flax-to-hf")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m flan_jax.convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("command", choices=COMMANDS)
+  parser.add_argument("--input", required=True, help="source checkpoint (file or directory)")
+  parser.add_argument("--output", required=True, help="destination directory")
+  parser.add_argument("--vocab", help="SentencePiece model when the source has none")
+  parser.add_argument("--config", help="flan_jax config name for T5X sources (e.g. flan_t5_small)")
+  parser.add_argument("--gin_file", action="append", default=[],
+                      help="gin file binding build_model.config (T5X sources)")
+  parser.add_argument("--gin_bindings", action="append", default=[], help="extra gin binding")
+  parser.add_argument("--gin_search_paths", action="append", default=[])
+  parser.add_argument("--allow_pickle", action="store_true",
+                      help="allow PyTorch .bin weights (unpickling runs code: trusted files only)")
+  parser.add_argument("--step", type=int, help="flax-to-hf: checkpoint step (default latest)")
+  return parser
+
+
+def _config_from_gin(args: argparse.Namespace) -> Any:
+  import gin  # pylint: disable=import-outside-toplevel
+  gin_utils.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths, finalize=False)
+  try:
+    reference = gin.query_parameter("build_model.config")
+  except ValueError as e:
+    raise ValueError(f"the gin files {args.gin_file} do not bind build_model.config; use a model "
+                     f"gin such as models/flan_t5_small.gin or --config NAME") from e
+  return reference.scoped_configurable_fn() if hasattr(reference, "scoped_configurable_fn") \
+      else reference
+
+
+def _t5x_config(args: argparse.Namespace) -> Any:
+  if args.config:
+    from flan_jax.models import configs  # pylint: disable=import-outside-toplevel
+    if args.config not in configs.CONFIGS:
+      raise ValueError(f"unknown config '{args.config}'; known: {', '.join(sorted(configs.CONFIGS))}")
+    return configs.CONFIGS[args.config]
+  if args.gin_file:
+    return _config_from_gin(args)
+  return None
+
+
+def run(argv: Sequence[str]) -> None:
+  args = _parser().parse_args(gin_utils.rewrite_gin_args(argv))
+  if args.command == "t5x-to-flax":
+    out = core.t5x_to_flax(args.input, args.output, config=_t5x_config(args),
+                           vocab_path=args.vocab or _default_vocab())
+  elif args.command == "hf-to-flax":
+    out = core.hf_to_flax(args.input, args.output, allow_pickle=args.allow_pickle,
+                          vocab_path=args.vocab)
+  else:
+    out = core.flax_to_hf(args.input, args.output, step=args.step)
+  print(f"wrote {out}")
+
+
+def _default_vocab() -> str:
+  from flan_jax.data import vocab  # pylint: disable=import-outside-toplevel
+  return vocab.t5_vocabulary().sentencepiece_model_file
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  try:
+    run(sys.argv[1:] if argv is None else argv)
+  except (ValueError, FileNotFoundError, ParamMismatchError, gin_utils.GinConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,140 @@
+"""Readers for T5X checkpoints: the legacy msgpack file, the tensorstore/zarr layout and Orbax's.
+
+All three hold the same tree, `{"target": params, "state": {"step", "param_states"}}` (under
+`optimizer` in the legacy and tensorstore layouts, `_optimizer` in Orbax's):
+
+- legacy: one flax msgpack file; arrays inline.
+- tensorstore (released Flan-T5 checkpoints): `checkpoint` msgpack index whose leaves are tensorstore
+  specs (`{"driver": "zarr", "kvstore": {"path": "target.encoder..."}, "metadata": {...}}`) and one
+  zarr folder per array next to it.
+- Orbax: `checkpoint` msgpack index whose leaves are `PLACEHOLDER://<folder>` strings, one zarr
+  folder per array next to it.
+
+T5X parameter names are flan_jax's (docs/ARCHITECTURE.md), so the params need no renaming; see
+`flan_jax.convert.params.fit_params` for the shape checks against the network.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from flax import serialization
+
+from flan_jax.convert import zarr
+
+INDEX_FILE = "checkpoint"
+_PLACEHOLDER = "PLACEHOLDER://"
+_STEP_DIR = re.compile(r"^(?:checkpoint_)?(\d+)$")
+
+
+@dataclasses.dataclass
+class T5XCheckpoint:
+  """A T5X checkpoint read into numpy: model params, Adafactor state (may be empty) and step."""
+  params: dict[str, Any]
+  param_states: dict[str, Any]
+  step: int
+  layout: str  # 'legacy' | 'tensorstore' | 'orbax'
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+  """The checkpoint file/folder for `path`: itself, or the latest `checkpoint_N` / `N` inside it."""
+  path = Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"T5X checkpoint '{path}' does not exist")
+  if path.is_file() or (path / INDEX_FILE).is_file():
+    return path
+  steps = sorted((int(m.group(1)), child) for child in path.iterdir()
+                 if (m := _STEP_DIR.match(child.name)) and (child / INDEX_FILE).is_file())
+  if not steps:
+    raise FileNotFoundError(
+        f"'{path}' is not a T5X checkpoint: no '{INDEX_FILE}' file in it and no checkpoint_N/ "
+        f"or N/ step folder with one; pass the legacy checkpoint file or a step folder")
+  return steps[-1][1]
+
+
+def detect_layout(path: str | Path) -> str | None:
+  """'legacy', 'tensorstore' or 'orbax' for a T5X checkpoint path, None when it is not one."""
+  try:
+    path = resolve_checkpoint_path(path)
+  except FileNotFoundError:
+    return None
+  index_path = path if path.is_file() else path / INDEX_FILE
+  try:
+    index = serialization.msgpack_restore(index_path.read_bytes())
+  except Exception:  # pylint: disable=broad-except
+    return None  # Not msgpack: not a T5X checkpoint (e.g. a TF checkpoint text file).
+  if not isinstance(index, dict):
+    return None
+  if "_optimizer" in index:
+    return "orbax"
+  optimizer = index.get("optimizer")
+  if not isinstance(optimizer, dict):
+    return None
+  return "tensorstore" if _any_leaf(optimizer, _is_tensorstore_spec) else "legacy"
+
+
+def read_checkpoint(path: str | Path,
+                    shapes: Mapping[str, tuple[tuple[int, ...], str]] | None = None,
+                    *, with_optimizer_state: bool = True) -> T5XCheckpoint:
+  """Reads any of the three T5X layouts into numpy arrays.
+
+  Args:
+    path: the legacy file, a step folder, or a model dir holding `checkpoint_N/` step folders.
+    shapes: `{"target/encoder/...": (shape, dtype)}` for arrays whose folder lacks `.zarray`
+      metadata (only needed for such Orbax checkpoints; paths are relative to the optimizer).
+    with_optimizer_state: also read the Adafactor `param_states` (else an empty dict).
+  """
+  path = resolve_checkpoint_path(path)
+  layout = detect_layout(path)
+  if layout is None:
+    raise ValueError(f"'{path}' is not a T5X checkpoint (expected a flax msgpack file or a folder "
+                     f"with a msgpack '{INDEX_FILE}' index)")
+  index_path = path if path.is_file() else path / INDEX_FILE
+  index = serialization.msgpack_restore(index_path.read_bytes())
+  tree = index["_optimizer" if layout == "orbax" else "optimizer"]
+  if not with_optimizer_state:
+    tree = {"target": tree.get("target", {}), "state": {"step": tree.get("state", {}).get("step", 0)}}
+  if layout != "legacy":
+    tree = _load_leaves(tree, path, shapes or {}, prefix="")
+  state = tree.get("state", {})
+  return T5XCheckpoint(params=tree.get("target") or {}, param_states=state.get("param_states") or {},
+                       step=int(np.asarray(state.get("step", 0))), layout=layout)
+
+
+def _load_leaves(tree: Any, root: Path, shapes: Mapping[str, Any], prefix: str) -> Any:
+  if isinstance(tree, dict) and not _is_tensorstore_spec(tree):
+    return {k: _load_leaves(v, root, shapes, f"{prefix}{k}/") for k, v in tree.items()}
+  name = prefix.rstrip("/")
+  if _is_tensorstore_spec(tree):
+    meta = tree.get("metadata", {})
+    folder = root / tree["kvstore"]["path"].rstrip("/")
+    return _read_folder(folder, name, shapes, meta.get("shape"), tree.get("dtype"),
+                        meta.get("chunks"), meta.get("compressor"))
+  if isinstance(tree, str) and tree.startswith(_PLACEHOLDER):
+    return _read_folder(root / tree[len(_PLACEHOLDER):], name, shapes, None, None, None, None)
+  return tree
+
+
+def _read_folder(folder: Path, name: str, shapes: Mapping[str, Any], shape, dtype, chunks,
+                 compressor) -> np.ndarray:
+  if not folder.is_dir():
+    raise FileNotFoundError(f"T5X checkpoint array '{name}' should be in {folder}, which is missing")
+  if shape is None and not (folder / ".zarray").exists():
+    if name not in shapes:
+      raise ValueError(f"T5X array '{name}' ({folder}) has no .zarray metadata; pass its shape and "
+                       f"dtype in `shapes` (e.g. shapes={{'{name}': ((8, 16), 'float32')}})")
+    shape, dtype = shapes[name]
+  return zarr.read_array(folder, shape=shape, dtype=dtype, chunks=chunks, compressor=compressor)
+
+
+def _is_tensorstore_spec(node: Any) -> bool:
+  return isinstance(node, dict) and "driver" in node and "kvstore" in node
+
+
+def _any_leaf(tree: Any, predicate) -> bool:
+  if predicate(tree):
+    return True
+  return isinstance(tree, dict) and any(_any_leaf(v, predicate) for v in tree.values())
