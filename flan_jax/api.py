@@ -6,8 +6,9 @@
     model.score(["Is the sky blue? OPTIONS: - yes - no"], ["yes"])
 
 `load` takes a flan_jax model directory (a training run or a converted checkpoint). Other layouts
-(T5X, Hugging Face) are handled by `flan_jax.convert.auto.load_any(path) -> (model, params)` when
-that module exists; `load` calls it for any path that is not a flan_jax model directory.
+(T5X, Hugging Face) are handled by `flan_jax.convert.auto.load_any(path) -> (ModelSpec, params)`
+(the spec's vocabulary an absolute path) when that module exists; `load` calls it for any path
+that is not a flan_jax model directory.
 
 Prompts are batched (`batch_size` rows, the last batch padded by repeating its last row), each
 batch sharded over a data-parallel mesh of all devices; the compiled step is reused for every
@@ -144,8 +145,8 @@ def load(path: str | Path, *, step: int | None = None, batch_size: int = 8) -> L
     loader = _auto_loader()
     if loader is None:
       model_dir_lib.read_spec(path)  # raises the "not a flan_jax model directory" error
-    model, params = loader(str(path))
-    return LoadedModel(model, params, batch_size=batch_size)
+    spec, params = loader(str(path))
+    return LoadedModel(models.build_model(spec), params, batch_size=batch_size)
   model = models.build_model(model_dir_lib.read_spec(path), path)
   params = model_dir_lib.restore_params(path, step)
   return LoadedModel(model, params, batch_size=batch_size)
