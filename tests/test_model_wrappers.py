@@ -1,4 +1,6 @@
 """Loss math, and the wrappers' loss / score / predict on tiny random T5 and decoder-only networks."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,3 +51,143 @@ def test_loss_normalization_modes():
   assert norm("per_sequence", segments) == pytest.approx((1.5 + 3 + 4.5) / 3)
   with pytest.raises(ValueError, match="unknown loss normalization 'mean'"):
     norm("mean")
+
+
+# ---- Wrappers on the real networks (tiny configs, random weights) ------------------------------
+
+class _IdVocab:
+  """Token ids only (the wrappers use eos_id); the infer/api tests use the real T5 vocabulary."""
+  eos_id = 1
+
+
+def _tiny(name):
+  from flan_jax.models import configs  # pylint: disable=import-outside-toplevel
+  return configs.CONFIGS[name]
+
+
+def _unboxed(variables):
+  return jax.tree.map(lambda x: x.value if hasattr(x, "names") else x, variables["params"],
+                      is_leaf=lambda x: hasattr(x, "names"))
+
+
+@pytest.fixture(scope="module")
+def t5():
+  model = model_lib.EncoderDecoderModel(_tiny("flan_t5_tiny"), _IdVocab())
+  rng = np.random.default_rng(0)
+  inputs = [list(rng.integers(3, 100, size=n)) + [1] for n in (5, 9, 3, 7)]
+  targets = [list(rng.integers(3, 100, size=n)) + [1] for n in (3, 6, 1, 4)]
+  batch = model.make_batch(inputs, targets, 12, 8)
+  variables = model.get_initial_variables(jax.random.PRNGKey(0), {k: v.shape for k, v in batch.items()})
+  params = jax.tree.map(lambda x: x * 4.0, _unboxed(variables))  # sharper, more varied predictions
+  return model, params, batch
+
+
+def _greedy_without_cache_t5(model, params, batch, length):
+  """Full forward pass over the whole decoder prefix at every step."""
+  rows = batch["encoder_input_tokens"].shape[0]
+  seqs = np.zeros((rows, length), np.int32)
+  done = np.zeros(rows, bool)
+  for i in range(length):
+    dec_in = np.zeros((rows, length), np.int32)
+    dec_in[:, 1:] = seqs[:, :-1]
+    logits = model.module.apply({"params": params}, batch["encoder_input_tokens"], dec_in, dec_in,
+                                enable_dropout=False)
+    token = np.where(done, 0, np.argmax(np.asarray(logits)[:, i], -1))
+    seqs[:, i] = token
+    done |= token == 1
+  return seqs
+
+
+def test_t5_cached_greedy_equals_full_forward(t5):
+  model, params, batch = t5
+  cached = np.asarray(model.predict_batch(params, batch, max_decode_length=8))
+  np.testing.assert_array_equal(cached, _greedy_without_cache_t5(model, params, batch, 8))
+  assert cached.dtype == np.int32 and cached.shape == (4, 8)
+
+
+def test_t5_other_decoders_reduce_to_greedy(t5):
+  model, params, batch = t5
+  greedy = np.asarray(model.predict_batch(params, batch, max_decode_length=8))
+  cold = model.predict_batch(params, batch, jax.random.PRNGKey(3), decode_method="sample",
+                             temperature=1e-4, max_decode_length=8)
+  top1 = model.predict_batch(params, batch, jax.random.PRNGKey(4), decode_method="sample",
+                             topk=1, max_decode_length=8)
+  np.testing.assert_array_equal(np.asarray(cold), greedy)
+  np.testing.assert_array_equal(np.asarray(top1), greedy)
+  samples = model.predict_batch(params, batch, jax.random.PRNGKey(5), decode_method="sample",
+                                num_decodes=3, max_decode_length=8)
+  assert samples.shape == (4, 3, 8)
+  beams = model.predict_batch(params, batch, decode_method="beam", beam_size=3, num_decodes=2,
+                              max_decode_length=8)
+  assert beams.shape == (4, 2, 8)
+  ended = [r for r, row in enumerate(greedy.tolist()) if 1 in row]
+  one_beam = np.asarray(model.predict_batch(params, batch, decode_method="beam", beam_size=1,
+                                            alpha=0.0, max_decode_length=8))
+  # Beam search with one beam is greedy wherever greedy finishes within the length.
+  np.testing.assert_array_equal(one_beam[ended], greedy[ended])
+
+
+def test_t5_score_and_loss(t5):
+  model, params, batch = t5
+  logits = model.module.apply({"params": params}, batch["encoder_input_tokens"],
+                              batch["decoder_input_tokens"], batch["decoder_target_tokens"],
+                              enable_dropout=False)
+  log_probs = _log_softmax_np(np.asarray(logits, np.float64))
+  gathered = np.take_along_axis(log_probs, batch["decoder_target_tokens"][..., None], -1)[..., 0]
+  expected = (gathered * batch["decoder_loss_weights"]).sum(-1)
+  np.testing.assert_allclose(np.asarray(model.score_batch(params, batch)), expected, rtol=1e-4)
+  loss, metrics = model.loss_fn(params, batch, None)
+  assert set(metrics) >= {"loss", "z_loss", "accuracy", "num_tokens"}
+  assert float(metrics["num_tokens"]) == batch["decoder_loss_weights"].sum()
+  # Default normalization: mean over real target tokens, z-loss 1e-4 included.
+  assert float(loss) == pytest.approx(float(metrics["loss"]), rel=1e-6)
+  assert float(loss) == pytest.approx(-expected.sum() / metrics["num_tokens"] + float(metrics["z_loss"]),
+                                      rel=1e-4)
+  # Dropout is on only when a dropout rng is given.
+  dropout_model = model_lib.EncoderDecoderModel(
+      dataclasses.replace(model.config, dropout_rate=0.5), _IdVocab())
+  assert float(dropout_model.loss_fn(params, batch, None)[0]) == pytest.approx(float(loss), rel=1e-6)
+  assert float(dropout_model.loss_fn(params, batch, jax.random.PRNGKey(1))[0]) != pytest.approx(
+      float(loss), rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def lm():
+  model = model_lib.DecoderOnlyModel(_tiny("decoder_tiny"), _IdVocab())
+  variables = model.get_initial_variables(jax.random.PRNGKey(1), {"decoder_input_tokens": (2, 16)})
+  params = jax.tree.map(lambda x: x * 4.0, _unboxed(variables))
+  return model, params
+
+
+def test_prefix_lm_batch_layout(lm):
+  model, _ = lm
+  batch = model.make_batch([[5, 6, 1], [7, 1]], [[8, 1], [9, 10, 1]], 4, 4)
+  np.testing.assert_array_equal(batch["decoder_target_tokens"],
+                                [[5, 6, 1, 8, 1, 0, 0, 0], [7, 1, 9, 10, 1, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 1:], batch["decoder_target_tokens"][:, :-1])
+  np.testing.assert_array_equal(batch["decoder_loss_weights"],
+                                [[0, 0, 0, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["decoder_causal_attention"],
+                                [[1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]])
+
+
+def test_prefix_lm_cached_decoding_equals_full_forward(lm):
+  model, params = lm
+  prompts = [[5, 6, 7, 1], [8, 1], [9, 10, 11, 12, 13, 1]]
+  batch = model.make_batch(prompts, None, 8, 0)
+  decoded = np.asarray(model.predict_batch(params, batch, max_decode_length=5))
+  assert decoded.shape == (3, 5)
+  for row, prompt in enumerate(prompts):
+    seq, expected = list(prompt), []
+    for _ in range(5):
+      tokens = np.array([[0] + seq])
+      logits = model.module.apply({"params": params}, tokens, tokens, enable_dropout=False)
+      token = int(np.argmax(np.asarray(logits)[0, -1]))
+      expected.append(token)
+      seq.append(token)
+      if token == 1:
+        break
+    expected += [0] * (5 - len(expected))
+    np.testing.assert_array_equal(decoded[row], expected)
+  scores = np.asarray(model.score_batch(params, model.make_batch(prompts, [[3, 1]] * 3, 8, 4)))
+  assert scores.shape == (3,) and np.all(scores < 0)

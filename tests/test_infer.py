@@ -1,0 +1,139 @@
+"""infer.py and api.py end to end on a model directory holding a tiny random T5 and the real T5 vocab."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from flan_jax import api, infer, model_dir as model_dir_lib
+from flan_jax import models
+from flan_jax.models import model as model_lib
+
+PROMPTS = ["Is 12 even? OPTIONS: - yes - no", "Translate to German: thank you", "2 + 2 ="]
+
+
+def tiny_t5_config():
+  from flan_jax.models import configs  # pylint: disable=import-outside-toplevel
+  return configs.CONFIGS["flan_t5_tiny"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, t5_vocab_path):
+  path = tmp_path_factory.mktemp("tiny_t5")
+  config = tiny_t5_config()
+  spec = model_dir_lib.write_spec(path, "t5", config, t5_vocab_path)
+  model = models.build_model(spec, path)
+  assert isinstance(model, model_lib.EncoderDecoderModel)
+  variables = model.get_initial_variables(
+      jax.random.PRNGKey(0), {"encoder_input_tokens": (8, 16), "decoder_input_tokens": (8, 8)})
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, variables["params"],
+                        is_leaf=lambda x: hasattr(x, "names"))
+  model_dir_lib.save_params(path, 0, params)
+  return path
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+  return api.load(model_dir, batch_size=4)
+
+
+def test_api_generate_matches_predict_batch(loaded):
+  texts = loaded.generate(PROMPTS, max_decode_length=8)
+  assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+  inputs = [loaded.vocabulary.encode(p) + [1] for p in PROMPTS]
+  batch = loaded.model.make_batch(inputs, None, 32, 8)
+  tokens = np.asarray(loaded.model.predict_batch(loaded.params, batch, max_decode_length=8))
+  assert texts == [loaded._detokenize(row) for row in tokens]  # pylint: disable=protected-access
+  # More prompts than one batch (4 rows on 8 devices → 8), with a padded last batch.
+  assert loaded.generate(PROMPTS * 3, max_decode_length=8) == texts * 3
+
+
+def test_api_sampling_and_beams(loaded):
+  samples = loaded.generate(PROMPTS[:2], decode="sample", num_samples=3, temperature=1.0,
+                            topk=20, topp=0.9, max_decode_length=6, seed=1)
+  assert [len(s) for s in samples] == [3, 3]
+  assert samples == loaded.generate(PROMPTS[:2], decode="sample", num_samples=3, temperature=1.0,
+                                    topk=20, topp=0.9, max_decode_length=6, seed=1)
+  beams = loaded.generate(PROMPTS[0], decode="beam", beam_size=3, num_samples=2, max_decode_length=6)
+  assert isinstance(beams, list) and len(beams) == 2
+
+
+def test_api_score_is_target_log_likelihood(loaded):
+  scores = loaded.score(PROMPTS, ["yes", "danke", "4"])
+  assert len(scores) == 3 and all(s < 0 for s in scores)
+  vocab = loaded.vocabulary
+  batch = loaded.model.make_batch([vocab.encode(PROMPTS[1]) + [1]], [vocab.encode("danke") + [1]], 32, 32)
+  logits = loaded.model.module.apply(
+      {"params": loaded.params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+      batch["decoder_target_tokens"], enable_dropout=False)
+  log_probs = jax.nn.log_softmax(np.asarray(logits, np.float64))[0]
+  target = batch["decoder_target_tokens"][0]
+  expected = sum(log_probs[i, t] for i, t in enumerate(target) if t > 0)
+  assert scores[1] == pytest.approx(float(expected), rel=1e-4)
+  with pytest.raises(ValueError, match="one target per prompt"):
+    loaded.score(PROMPTS, ["yes"])
+
+
+def test_infer_score_mode_and_text_input(model_dir, tmp_path):
+  pairs = tmp_path / "pairs.jsonl"
+  pairs.write_text("\n".join(json.dumps({"inputs": p, "targets": "yes", "id": i})
+                             for i, p in enumerate(PROMPTS)) + "\n")
+  out = tmp_path / "scores.jsonl"
+  assert infer.infer(checkpoint=str(model_dir), input_file=str(pairs), output_file=str(out),
+                     mode="score", batch_size=4) == 3
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["id"] for r in rows] == [0, 1, 2]
+  assert all(isinstance(r["score"], float) and r["score"] < 0 for r in rows)
+  text = tmp_path / "prompts.txt"
+  text.write_text("\n".join(PROMPTS) + "\n\n")
+  out = tmp_path / "samples.jsonl"
+  infer.infer(checkpoint=str(model_dir), input_file=str(text), output_file=str(out), decode="sample",
+              num_samples=2, max_decode_length=4, batch_size=4)
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["inputs"] for r in rows] == PROMPTS
+  assert all(len(r["prediction"]) == 2 for r in rows)
+
+
+def test_bad_input_lines_name_file_and_line(tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"inputs": "ok", "targets": "x"}\n{"inputs": "no target"}\n')
+  with pytest.raises(infer.InputError, match=r"bad.jsonl:2: --mode=score needs a string field"):
+    infer.read_records(bad, "score")
+  bad.write_text('{"inputs": "ok"}\nnot json\n')
+  with pytest.raises(infer.InputError, match=r"bad.jsonl:2: not valid JSON"):
+    infer.read_records(bad, "generate")
+  bad.write_text('{"prompt": "wrong key"}\n')
+  with pytest.raises(infer.InputError, match=r'bad.jsonl:1: needs a string field "inputs"'):
+    infer.read_records(bad, "generate")
+
+
+def _run_cli(args, cwd):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", "flan_jax.infer", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_readme_command_runs(model_dir, repo_root, tmp_path):
+  """Runs the first `python -m flan_jax.infer` command of README's Inference section."""
+  readme = (repo_root / "README.md").read_text()
+  section = readme[readme.index("## Inference"):]
+  command = re.search(r"python -m flan_jax.infer (.*?)\n(?!\s)", section, re.S).group(1)
+  args = command.replace("\\\n", " ").split()
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text("".join(json.dumps({"inputs": p}) + "\n" for p in PROMPTS))
+  args = [a.replace("MODEL_DIR", str(model_dir)) for a in args]
+  result = _run_cli(args, tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+  assert [r["inputs"] for r in rows] == PROMPTS
+  assert all(isinstance(r["prediction"], str) for r in rows)
+  # A malformed line is one error naming the file and line, before any model is loaded.
+  prompts.write_text('{"inputs": "ok"}\n{"inputs": 3}\n')
+  result = _run_cli(args, tmp_path)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert "prompts.jsonl:2" in result.stderr
