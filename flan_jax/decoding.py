@@ -163,7 +163,8 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch: int, bea
   by its generated log-likelihood / brevity_penalty(alpha, generated length incl. EOS).
 
   Returns:
-    (sequences int32 [batch, beam_size, length] best first, scores float32 [batch, beam_size]).
+    (sequences int32 [batch, beam_size, length], scores float32 [batch, beam_size]): the finished
+    beams best first, then, where fewer than beam_size finished, the best unfinished ones.
   """
   prompt, prompt_lengths = _prompt_info(prompt, prompt_lengths, batch, length)
   k = beam_size
@@ -217,9 +218,12 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch: int, bea
       finished_seqs=jnp.zeros((batch, k, length), jnp.int32), cache=cache)
   final = jax.lax.while_loop(cond, body, init)
 
-  # Rows where nothing finished (ran out of length) return their live beams instead.
-  any_finished = jnp.any(final.finished_scores > NEG_INF / 2, axis=1)
+  # Finished beams first, then live ones (sequences that reached `length` without EOS) fill the
+  # places that nothing finished into.
   live_scores = final.live_logprobs / max_penalty[:, None]
-  sequences = jnp.where(any_finished[:, None, None], final.finished_seqs, final.live_seqs)
-  scores = jnp.where(any_finished[:, None], final.finished_scores, live_scores)
+  rank = jnp.concatenate([final.finished_scores, live_scores + NEG_INF / 2], axis=1)
+  _, pick = jax.lax.top_k(rank, k)
+  sequences = _gather_beams(jnp.concatenate([final.finished_seqs, final.live_seqs], axis=1), pick)
+  scores = jnp.take_along_axis(jnp.concatenate([final.finished_scores, live_scores], axis=1), pick,
+                               axis=1)
   return sequences, scores
