@@ -7,8 +7,9 @@ Parameters passed in are plain (unboxed) arrays; `get_initial_variables` returns
 """
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -76,7 +77,15 @@ def normalize_loss(token_loss: jax.Array, weights: jax.Array, mode: str | float,
                    f"or a float constant")
 
 
-class BaseModel:
+class _DecodeSetup(NamedTuple):
+  cache: Any
+  tokens_to_logits: decoding.TokensToLogits
+  length: int                          # decoding steps (prompt included)
+  prompt: jax.Array | None = None      # [batch, length] forced tokens (decoder-only)
+  prompt_lengths: jax.Array | None = None  # [batch]
+
+
+class BaseModel(abc.ABC):
   """Shared loss / score / predict logic; subclasses define the network calls."""
 
   module: nn.Module
@@ -102,12 +111,29 @@ class BaseModel:
   def eos_id(self) -> int:
     return self.vocabulary.eos_id
 
-  # Subclass hooks -------------------------------------------------------------------------------
+  # Network-specific parts ------------------------------------------------------------------------
+  @abc.abstractmethod
   def _make_module(self, config: Any) -> nn.Module:
-    raise TypeError(f"{type(self).__name__} must define _make_module")
+    """The Flax network for `config`."""
 
+  @abc.abstractmethod
   def _logits(self, params: Any, batch: Batch, dropout_rng: jax.Array | None) -> jax.Array:
-    raise TypeError(f"{type(self).__name__} must define _logits")
+    """Teacher-forced float32 logits [batch, length, vocab] for the batch's targets."""
+
+  @abc.abstractmethod
+  def _decoding_setup(self, params: Any, batch: Batch, rows_per_input: int,
+                      max_decode_length: int) -> _DecodeSetup:
+    """Cache and callback for decoding `rows_per_input` sequences per batch row."""
+
+  @abc.abstractmethod
+  def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, Sequence[int]],
+                            input_types: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """{'params': boxed parameters} for batches of the given feature shapes."""
+
+  @abc.abstractmethod
+  def make_batch(self, inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]] | None,
+                 input_length: int, target_length: int) -> dict[str, np.ndarray]:
+    """Unpacked model features (as the feature converter makes them) from token ids."""
 
   # Interface ------------------------------------------------------------------------------------
   def loss_fn(self, params: Any, batch: Batch,
@@ -173,32 +199,28 @@ class BaseModel:
                temperature, topk, topp, beam_size, alpha) -> jax.Array:
     rows_per_input = beam_size if decode_method == "beam" else num_decodes
     batch_size = next(iter(batch.values())).shape[0]
-    cache, tokens_to_logits, prompt, prompt_lengths, length = self._decoding_setup(
-        params, batch, rows_per_input, max_decode_length)
+    setup = self._decoding_setup(params, batch, rows_per_input, max_decode_length)
     if decode_method == "beam":
       seqs, _ = decoding.beam_search(
-          tokens_to_logits, cache, batch=batch_size, beam_size=beam_size, length=length,
-          eos_id=self.eos_id, alpha=alpha, prompt=prompt, prompt_lengths=prompt_lengths,
-          cache_batch_axis=self._cache_batch_axis())
+          setup.tokens_to_logits, setup.cache, batch=batch_size, beam_size=beam_size,
+          length=setup.length, eos_id=self.eos_id, alpha=alpha, prompt=setup.prompt,
+          prompt_lengths=setup.prompt_lengths, cache_batch_axis=self._cache_batch_axis())
       seqs = seqs[:, :num_decodes]
     else:
+      repeat = lambda x: None if x is None else decoding.repeat_rows(x, num_decodes)
       seqs, _ = decoding.temperature_sample(
-          tokens_to_logits, cache, rows=batch_size * num_decodes, length=length,
+          setup.tokens_to_logits, setup.cache, rows=batch_size * num_decodes, length=setup.length,
           eos_id=self.eos_id, rng=rng, temperature=0.0 if decode_method == "greedy" else temperature,
-          topk=topk, topp=topp, prompt=decoding.repeat_rows(prompt, num_decodes) if prompt is not None else None,
-          prompt_lengths=(decoding.repeat_rows(prompt_lengths, num_decodes)
-                          if prompt_lengths is not None else None))
-      seqs = seqs.reshape(batch_size, num_decodes, length)
-    if prompt_lengths is not None:
-      seqs = _drop_prompt(seqs, prompt_lengths, max_decode_length)
+          topk=topk, topp=topp, prompt=repeat(setup.prompt),
+          prompt_lengths=repeat(setup.prompt_lengths))
+      seqs = seqs.reshape(batch_size, num_decodes, setup.length)
+    if setup.prompt_lengths is not None:
+      seqs = _drop_prompt(seqs, setup.prompt_lengths, max_decode_length)
     return seqs
 
   def _cache_batch_axis(self) -> int:
     """Stacked (scanned) layers put the layer axis in front of the batch in cache leaves."""
     return 1 if getattr(self.config, "scan_layers", False) else 0
-
-  def _decoding_setup(self, params, batch, rows_per_input, max_decode_length):
-    raise TypeError(f"{type(self).__name__} must define _decoding_setup")
 
   def _dropout(self, dropout_rng: jax.Array | None) -> tuple[bool, dict[str, jax.Array]]:
     return dropout_rng is not None, ({} if dropout_rng is None else {"dropout": dropout_rng})
@@ -284,7 +306,7 @@ class EncoderDecoderModel(BaseModel):
           state.cur_token, enable_dropout=False, decode=True, max_decode_length=max_decode_length,
           method=self.module.decode, mutable=["cache"])
       return logits[:, -1, :], variables["cache"]
-    return cache, tokens_to_logits, None, None, max_decode_length
+    return _DecodeSetup(cache, tokens_to_logits, max_decode_length)
 
 
 class DecoderOnlyModel(BaseModel):
@@ -351,7 +373,7 @@ class DecoderOnlyModel(BaseModel):
           {"params": params, "cache": state.cache}, state.cur_token, state.cur_token,
           enable_dropout=False, decode=True, max_decode_length=length, mutable=["cache"])
       return logits[:, -1, :], variables["cache"]
-    return cache, tokens_to_logits, prompt, prompt_lengths, length
+    return _DecodeSetup(cache, tokens_to_logits, length, prompt, prompt_lengths)
 
 
 def _prompt_lengths(batch: Batch) -> jax.Array:
