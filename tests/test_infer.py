@@ -96,6 +96,12 @@ def test_infer_score_mode_and_text_input(model_dir, tmp_path):
   rows = [json.loads(line) for line in out.read_text().splitlines()]
   assert [r["inputs"] for r in rows] == PROMPTS
   assert all(len(r["prediction"]) == 2 for r in rows)
+  # A registered SeqIO task as the source: its pretokenized fields and metadata come through.
+  out = tmp_path / "task.jsonl"
+  assert infer.infer(checkpoint=str(model_dir), task="demo_compare", split="validation",
+                     num_examples=2, output_file=str(out), mode="score", batch_size=4) == 2
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert all(r["_task_name"] == "demo_compare" and r["inputs"] and r["score"] < 0 for r in rows)
 
 
 def test_bad_input_lines_name_file_and_line(tmp_path):
