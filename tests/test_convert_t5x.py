@@ -114,3 +114,29 @@ def test_missing_and_malformed_paths_are_clear(tmp_path):
     t5x.read_checkpoint(tmp_path / "nope")
   with pytest.raises(FileNotFoundError, match="no 'checkpoint' file"):
     t5x.read_checkpoint(tmp_path)
+
+
+def test_fit_params_stacks_reshapes_and_reports_every_mismatch():
+  import jax
+  sds = lambda *shape: jax.ShapeDtypeStruct(shape, np.float32)  # noqa: E731
+  flat = {"encoder/layers_0/attention/query/kernel": np.arange(24, dtype=np.float64).reshape(4, 6),
+          "encoder/layers_1/attention/query/kernel": np.ones((4, 6)),
+          "token_embedder/embedding": np.zeros((10, 4))}
+  scanned = {"encoder/layers/attention/query/kernel": sds(2, 4, 2, 3),
+             "token_embedder/embedding": sds(10, 4)}
+  fitted = params_lib.fit_params(flat, scanned, "src")
+  kernel = fitted["encoder"]["layers"]["attention"]["query"]["kernel"]
+  assert kernel.shape == (2, 4, 2, 3) and kernel.dtype == np.float32
+  np.testing.assert_array_equal(kernel[0].reshape(4, 6), flat["encoder/layers_0/attention/query/kernel"])
+  unstacked = params_lib.unstack_layers(params_lib.flatten(fitted))
+  np.testing.assert_array_equal(unstacked["encoder/layers_1/attention/query/kernel"].reshape(4, 6),
+                                np.ones((4, 6)))
+  wrong = {"token_embedder/embedding": sds(12, 4), "decoder/decoder_norm/scale": sds(4)}
+  with pytest.raises(params_lib.ParamMismatchError) as error:
+    params_lib.fit_params({"token_embedder/embedding": np.zeros((10, 4)), "extra/w": np.zeros(3)},
+                          wrong, "checkpoint X")
+  message = str(error.value)
+  assert "checkpoint X does not fit the model config (3 problems)" in message
+  assert "parameter token_embedder/embedding: expected shape (12, 4), found (10, 4)" in message
+  assert "missing parameter decoder/decoder_norm/scale: expected shape (4,)" in message
+  assert "unexpected parameter extra/w with shape (3,)" in message
