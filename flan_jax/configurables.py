@@ -4,6 +4,7 @@ Each module adds its import here when it defines a `@gin.configurable`.
 """
 # pylint: disable=unused-import
 import flan_jax.metrics
+import flan_jax.models.configs
 import flan_jax.optim
 import flan_jax.partitioning
 import flan_jax.train

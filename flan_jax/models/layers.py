@@ -1,0 +1,334 @@
+"""Building blocks shared by the T5 and decoder-only networks (Flax linen, logical axis names).
+
+Numerics: parameters are float32; activations run in the config's dtype (bfloat16 by default);
+every matmul accumulates in float32 (`preferred_element_type`), which on CPU is also the fastest
+bf16 path. Norms, softmax and position encodings are computed in float32.
+
+Kernel layouts (what the checkpoint converters rely on):
+  query/key/value: [embed, heads, head_dim] ('embed', 'heads', 'kv');
+  out: [heads, head_dim, embed] ('heads', 'kv', 'embed');
+  mlp wi_0/wi_1: [embed, mlp]; wo: [mlp, embed]; token embedding: [vocab, embed].
+Key/value kernels of multi-query / grouped-query attention name their head axis None (they are
+replicated: a handful of kv heads rarely divides the model-parallel mesh axis).
+
+RoPE uses the "rotate halves" convention of Hugging Face Llama: a head vector [x1, x2] (two halves)
+becomes [x1*cos - x2*sin, x2*cos + x1*sin] with frequency i shared by dimensions i and i + d/2.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+_NEG_INF = -1e10
+
+REMAT_POLICIES: dict[str, Any] = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+}
+
+
+def as_dtype(name: str | Any) -> Any:
+  """'bfloat16' / 'float32' (or a dtype) → jnp dtype."""
+  return jnp.dtype(name)
+
+
+def _dot(x: Array, kernel: Array, dims: tuple, dtype: Any) -> Array:
+  out = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (dims, ((), ())),
+                            preferred_element_type=jnp.float32)
+  return out
+
+
+def _reshaped_init(init: Initializer, in_size: int, out_size: int) -> Initializer:
+  """Initializes an N-d kernel as the 2-d [inputs, outputs] matrix it is (fan-in/out right)."""
+  def wrapped(key, shape, dtype=jnp.float32):
+    return init(key, (in_size, out_size), dtype).reshape(shape)
+  return wrapped
+
+
+def default_kernel_init(scale: float = 1.0) -> Initializer:
+  return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+
+
+class DenseGeneral(nn.Module):
+  """y = x · kernel over the trailing `num_in` axes of x, producing `features` trailing axes.
+
+  The kernel is [*x.shape[-num_in:], *features] with logical axes `kernel_axes`.
+  """
+  features: Sequence[int]
+  kernel_axes: Sequence[str | None]
+  num_in: int = 1
+  dtype: Any = jnp.bfloat16
+  out_dtype: Any = None
+  kernel_init: Initializer = default_kernel_init()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = tuple(x.shape[-self.num_in:])
+    features = tuple(self.features)
+    init = _reshaped_init(self.kernel_init, int(np.prod(in_shape)), int(np.prod(features)))
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, tuple(self.kernel_axes)),
+                        in_shape + features, jnp.float32)
+    contract_x = tuple(range(x.ndim - self.num_in, x.ndim))
+    out = _dot(x, kernel, (contract_x, tuple(range(self.num_in))), self.dtype)
+    return out.astype(self.out_dtype or self.dtype)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square layer norm (no mean subtraction, no bias), computed in float32."""
+  epsilon: float = 1e-6
+  dtype: Any = jnp.bfloat16
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return (y * scale).astype(self.dtype)
+
+
+class Embed(nn.Module):
+  """Token embedding table [vocab, embed]; `attend` gives float32 logits against it (tied head)."""
+  num_embeddings: int
+  features: int
+  dtype: Any = jnp.bfloat16
+  embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(self.embedding_init, ("vocab", "embed")),
+        (self.num_embeddings, self.features), jnp.float32)
+
+  def __call__(self, tokens: Array) -> Array:
+    out = jnp.take(self.embedding, tokens.astype(jnp.int32), axis=0).astype(self.dtype)
+    return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+  def attend(self, x: Array) -> Array:
+    return _dot(x, self.embedding, ((x.ndim - 1,), (1,)), jnp.float32)
+
+
+class GatedMlp(nn.Module):
+  """act(x·wi_0) * (x·wi_1) → dropout → ·wo. 'gelu' (tanh approximation, T5 v1.1) or 'silu' (SwiGLU)."""
+  mlp_dim: int
+  activation: str = "gelu"
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.bfloat16
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    dense = functools.partial(DenseGeneral, features=(self.mlp_dim,), kernel_axes=("embed", "mlp"),
+                              dtype=self.dtype)
+    gate = dense(name="wi_0")(x)
+    up = dense(name="wi_1")(x)
+    if self.activation == "gelu":
+      gate = jax.nn.gelu(gate.astype(jnp.float32), approximate=True)
+    elif self.activation == "silu":
+      gate = jax.nn.silu(gate.astype(jnp.float32))
+    else:
+      raise ValueError(f"unknown MLP activation {self.activation!r}; use 'gelu' or 'silu'")
+    h = (gate * up.astype(jnp.float32)).astype(self.dtype)
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+    return DenseGeneral((x.shape[-1],), ("mlp", "embed"), dtype=self.dtype, name="wo")(h)
+
+
+# ---- Position encodings ---------------------------------------------------------------------------
+
+def relative_position_bucket(relative_position: Array, *, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Array:
+  """T5's bucket of `memory_position - query_position`: exact for small distances, log-spaced up to
+  `max_distance`; the bidirectional variant spends half the buckets on each direction."""
+  bucket = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    bucket = bucket + (relative_position > 0).astype(relative_position.dtype) * num_buckets
+    distance = jnp.abs(relative_position)
+  else:
+    distance = jnp.maximum(-relative_position, 0)
+  max_exact = num_buckets // 2
+  safe = jnp.maximum(distance, 1).astype(jnp.float32)
+  large = max_exact + (jnp.log(safe / max_exact) / np.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(relative_position.dtype)
+  large = jnp.minimum(large, num_buckets - 1)
+  return bucket + jnp.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+  """One learned bias per (head, bucket): `rel_embedding` [heads, buckets] as in T5X."""
+  num_heads: int
+  num_buckets: int = 32
+  max_distance: int = 128
+  bidirectional: bool = True
+
+  @nn.compact
+  def __call__(self, query_positions: Array, key_positions: Array) -> Array:
+    """Float32 bias [1, heads, q, k] for 1-d integer positions."""
+    table = self.param(
+        "rel_embedding",
+        nn.with_logical_partitioning(nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                                     ("heads", "relpos_buckets")),
+        (self.num_heads, self.num_buckets), jnp.float32)
+    relative = key_positions[None, :] - query_positions[:, None]
+    buckets = relative_position_bucket(relative.astype(jnp.int32), bidirectional=self.bidirectional,
+                                       num_buckets=self.num_buckets, max_distance=self.max_distance)
+    return jnp.take(table, buckets, axis=1)[None]
+
+
+def apply_rope(x: Array, positions: Array, theta: float) -> Array:
+  """Rotary embedding (rotate-halves layout) of x [batch, length, heads, head_dim] at positions
+  [batch, length]; computed in float32, returned in x's dtype."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (theta ** (np.arange(0, half, dtype=np.float32) * 2.0 / x.shape[-1]))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, l, half]
+  cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+# ---- Masks ----------------------------------------------------------------------------------------
+
+def padding_mask(query_ok: Array, key_ok: Array) -> Array:
+  """[batch, q, k] bool: both positions are real tokens."""
+  return jnp.logical_and(query_ok[:, :, None], key_ok[:, None, :])
+
+
+def segment_mask(query_segments: Array, key_segments: Array) -> Array:
+  """[batch, q, k] bool: query and key belong to the same packed example."""
+  return query_segments[:, :, None] == key_segments[:, None, :]
+
+
+def causal_mask(batch: int, length: int) -> Array:
+  """[batch, length, length] bool: key position <= query position."""
+  idx = jnp.arange(length)
+  return jnp.broadcast_to(idx[None, :] <= idx[:, None], (batch, length, length))
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+  present = [m for m in masks if m is not None]
+  if not present:
+    return None
+  return functools.reduce(jnp.logical_and, present)
+
+
+# ---- Attention ------------------------------------------------------------------------------------
+
+class MultiHeadAttention(nn.Module):
+  """Dot-product attention with num_kv_heads ≤ num_heads (MHA, GQA, or MQA when 1).
+
+  `scale_logits=False` is T5's convention (the 1/sqrt(head_dim) lives in the query initializer);
+  the decoder-only models scale explicitly. RoPE (`rope_theta`) assumes self-attention.
+  With `decode=True` keys/values go to the `cache` collection (`cached_key`, `cached_value`
+  [batch, cache_length, kv_heads, head_dim] and the scalar `cache_index`): the first
+  (initializing) call sizes the cache and attends as in training; later calls take one token
+  each, or, with `prefill=True`, a whole prompt written from position 0.
+  """
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  dtype: Any = jnp.bfloat16
+  dropout_rate: float = 0.0
+  scale_logits: bool = False
+  rope_theta: float | None = None
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, *, mask: Array | None = None,
+               bias: Array | None = None, deterministic: bool = True, decode: bool = False,
+               prefill: bool = False, query_positions: Array | None = None,
+               max_decode_length: int | None = None) -> Array:
+    """Attention output [batch, q, embed].
+
+    Args:
+      inputs_q: [batch, q, embed] queries; inputs_kv: [batch, k, embed] keys/values.
+      mask: bool [batch, q, k], True attends. Ignored by single-token decoding (causal over the
+        cache); with prefill it covers the prompt.
+      bias: float32 [1 or batch, heads, q, k] added to the logits; when decoding one token it
+        spans the whole cache ([.., cache_length, cache_length]) and the current row is used.
+      query_positions: [batch, q] positions for RoPE (default: arange, or from the cache index).
+      max_decode_length: cache length, read by the initializing decode call (default: input length).
+    """
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads="
+                       f"{self.num_kv_heads}; pick a divisor")
+    kv_head_axis = "heads" if self.num_kv_heads == self.num_heads else None
+    query_init = default_kernel_init(1.0 if self.scale_logits else self.head_dim ** -0.5)
+    query = DenseGeneral((self.num_heads, self.head_dim), ("embed", "heads", "kv"),
+                         dtype=self.dtype, kernel_init=query_init, name="query")(inputs_q)
+    kv_proj = functools.partial(DenseGeneral, (self.num_kv_heads, self.head_dim),
+                                ("embed", kv_head_axis, "kv"), dtype=self.dtype)
+    key = kv_proj(name="key")(inputs_kv)
+    value = kv_proj(name="value")(inputs_kv)
+    query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
+
+    batch, q_len = query.shape[:2]
+    stepping = decode and self.has_variable("cache", "cached_key")
+    if stepping and not prefill and q_len != 1:
+      raise ValueError(f"decode=True takes one token per call, got {q_len}; pass prefill=True to "
+                       f"fill the cache from a whole prompt")
+    if decode:
+      cache_shape = (batch, max_decode_length or key.shape[1], self.num_kv_heads, self.head_dim)
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, cache_shape, self.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, cache_shape, self.dtype)
+      cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    start = cache_index.value if stepping and not prefill else 0
+    if self.rope_theta is not None:
+      if query_positions is None:
+        query_positions = jnp.broadcast_to(start + jnp.arange(q_len), (batch, q_len))
+      query = apply_rope(query, query_positions, self.rope_theta)
+      key = apply_rope(key, query_positions, self.rope_theta)
+
+    if stepping:
+      cache_len = cached_key.value.shape[1]
+      cached_key.value = jax.lax.dynamic_update_slice(
+          cached_key.value, key.astype(self.dtype), (0, start, 0, 0))
+      cached_value.value = jax.lax.dynamic_update_slice(
+          cached_value.value, value.astype(self.dtype), (0, start, 0, 0))
+      cache_index.value = jnp.asarray(start + q_len, jnp.int32)
+      key, value = cached_key.value, cached_value.value
+      key_pos = jnp.arange(cache_len)
+      if prefill:
+        prompt_mask = causal_mask(batch, q_len) if mask is None else mask
+        mask = jnp.pad(prompt_mask, ((0, 0), (0, 0), (0, cache_len - q_len)))
+      else:
+        mask = jnp.broadcast_to(key_pos <= start, (batch, 1, cache_len))
+        if bias is not None:
+          bias = jax.lax.dynamic_slice_in_dim(bias, start, 1, axis=-2)
+
+    out = self._attend(query, key, value, mask, bias, deterministic)
+    return DenseGeneral((inputs_q.shape[-1],), ("heads", "kv", "embed"), num_in=2,
+                        dtype=self.dtype, name="out")(out)
+
+  def _attend(self, query: Array, key: Array, value: Array, mask: Array | None,
+              bias: Array | None, deterministic: bool) -> Array:
+    """softmax(q·k + bias, masked) · v, grouped so kv heads are never materialized per query head."""
+    batch, q_len = query.shape[:2]
+    k_len = key.shape[1]
+    groups = self.num_heads // self.num_kv_heads
+    if self.scale_logits:
+      query = query * jnp.asarray(self.head_dim ** -0.5, query.dtype)
+    query = query.reshape(batch, q_len, self.num_kv_heads, groups, self.head_dim)
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", query.astype(self.dtype), key.astype(self.dtype),
+                        preferred_element_type=jnp.float32)
+    if bias is not None:
+      logits = logits + bias.reshape(bias.shape[0], self.num_kv_heads, groups, q_len, k_len)
+    if mask is not None:
+      logits = jnp.where(mask[:, None, None], logits, _NEG_INF)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if not deterministic and self.dropout_rate > 0:
+      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout_rate, weights.shape)
+      weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", weights.astype(self.dtype), value.astype(self.dtype),
+                     preferred_element_type=jnp.float32).astype(self.dtype)
+    out = out.reshape(batch, q_len, self.num_heads, self.head_dim)
+    return nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
