@@ -6,8 +6,8 @@
   python -m flan_jax.convert flax-to-hf --input MODEL_DIR --output HF_DIR [--step N]
 
 T5X checkpoints carry no config: it is inferred from the parameter shapes unless --config (a
-name from flan_jax.models.configs.CONFIGS) or --gin_file (a model gin binding
-`build_model.config`) gives it. Neither T5X nor some HF checkpoints carry the SentencePiece model:
+name from flan_jax.models.configs.CONFIGS) or --gin_file (a model gin, e.g.
+models/flan_t5_small.gin) gives it. Neither T5X nor some HF checkpoints carry the SentencePiece model:
 --vocab names it (default for T5: the T5 vocabulary, see flan_jax.data.vocab).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--vocab", help="SentencePiece model when the source has none")
   parser.add_argument("--config", help="flan_jax config name for T5X sources (e.g. flan_t5_small)")
   parser.add_argument("--gin_file", action="append", default=[],
-                      help="gin file binding build_model.config (T5X sources)")
+                      help="model gin file setting model_config.name (T5X sources)")
   parser.add_argument("--gin_bindings", action="append", default=[], help="extra gin binding")
   parser.add_argument("--gin_search_paths", action="append", default=[])
   parser.add_argument("--allow_pickle", action="store_true",
@@ -42,23 +42,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_from_gin(args: argparse.Namespace) -> Any:
-  import gin  # pylint: disable=import-outside-toplevel
-  gin_utils.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths, finalize=False)
+  """The config a model gin selects (`model_config.name = ...`, see flan_jax.models.configs)."""
+  from flan_jax.models import configs  # pylint: disable=import-outside-toplevel
+  gin_utils.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
   try:
-    reference = gin.query_parameter("build_model.config")
-  except ValueError as e:
-    raise ValueError(f"the gin files {args.gin_file} do not bind build_model.config; use a model "
-                     f"gin such as models/flan_t5_small.gin or --config NAME") from e
-  return reference.scoped_configurable_fn() if hasattr(reference, "scoped_configurable_fn") \
-      else reference
+    return configs.model_config()
+  except TypeError as e:
+    raise ValueError(f"the gin files {args.gin_file} do not set model_config.name; use a model gin "
+                     f"such as models/flan_t5_small.gin, or --config NAME") from e
 
 
 def _t5x_config(args: argparse.Namespace) -> Any:
   if args.config:
     from flan_jax.models import configs  # pylint: disable=import-outside-toplevel
-    if args.config not in configs.CONFIGS:
-      raise ValueError(f"unknown config '{args.config}'; known: {', '.join(sorted(configs.CONFIGS))}")
-    return configs.CONFIGS[args.config]
+    return configs.get_config(args.config)
   if args.gin_file:
     return _config_from_gin(args)
   return None

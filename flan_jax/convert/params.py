@@ -34,21 +34,18 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 def network_param_shapes(family: str, config: Any) -> dict[str, jax.ShapeDtypeStruct]:
   """Flat shapes/dtypes of the network's params for a config, without allocating them."""
-  from flan_jax.models import decoder, t5  # pylint: disable=import-outside-toplevel
   tokens = jax.ShapeDtypeStruct((1, 4), np.int32)
   rng = jax.random.PRNGKey(0)
   if family == "t5":
+    from flan_jax.models import t5  # pylint: disable=import-outside-toplevel
     module = t5.Transformer(config)
-    init = lambda: module.init(rng, tokens, tokens, tokens, enable_dropout=False)
+    init = lambda t: module.init(rng, t, t, t, enable_dropout=False)
   else:
+    from flan_jax.models import decoder  # pylint: disable=import-outside-toplevel
     module = decoder.DecoderOnly(config)
-    init = lambda: module.init(rng, tokens, tokens, enable_dropout=False)
-  abstract = jax.eval_shape(lambda: _init_shapes(init))
+    init = lambda t: module.init(rng, t, t, enable_dropout=False)
+  abstract = jax.eval_shape(lambda t: nn.meta.unbox(init(t)["params"]), tokens)
   return flatten(abstract)
-
-
-def _init_shapes(init) -> Any:
-  return nn.meta.unbox(init()["params"])
 
 
 def fit_params(flat: Mapping[str, np.ndarray], expected: Mapping[str, jax.ShapeDtypeStruct],
