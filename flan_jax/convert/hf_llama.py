@@ -59,6 +59,11 @@ def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> Any:
 
 
 def config_to_hf(config: Any) -> dict[str, Any]:
+  """config.json for a Llama-style DecoderConfig; PaLM-style switches have no Llama equivalent."""
+  palm_switches = [name for name in model_configs.PALM_SWITCHES if getattr(config, name)]
+  if palm_switches:
+    raise ValueError(f"the decoder config sets {palm_switches}, which LlamaForCausalLM cannot "
+                     f"express; only Llama-style decoder configs export to Hugging Face")
   dims = model_configs.decoder_dims(config)
   return {
       "architectures": ["LlamaForCausalLM"], "model_type": "llama",
