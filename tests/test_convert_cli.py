@@ -86,13 +86,43 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
   assert "is not a T5X checkpoint" in capsys.readouterr().err
 
 
-def test_explicit_config_that_does_not_fit_names_parameters(tmp_path, capsys):
+@pytest.mark.parametrize("config_flags", [["--config", "flan_t5_tiny"],
+                                          ["--gin_file", "models/flan_t5_tiny.gin"]])
+def test_explicit_config_that_does_not_fit_names_parameters(tmp_path, capsys, config_flags):
+  import gin
   ckpt = require_shared_data("t5x_checkpoints", "test_t5_tiny.checkpoint_0")
   vocab = require_shared_data("t5_vocab", "t5_spiece.model")
-  code = cli.main(["t5x-to-flax", "--input", str(ckpt), "--output", str(tmp_path / "o"),
-                   "--vocab", str(vocab), "--config", "flan_t5_tiny"])
+  try:
+    code = cli.main(["t5x-to-flax", "--input", str(ckpt), "--output", str(tmp_path / "o"),
+                     "--vocab", str(vocab), *config_flags])
+  finally:
+    gin.clear_config()
   err = capsys.readouterr().err
   assert code == 1
+  # flan_t5_tiny has emb_dim 32; the checkpoint's d_model is 8.
   assert "parameter decoder/decoder_norm/scale: expected shape (32,), found (8,)" in err, err
+  assert not (tmp_path / "o").exists()
+
+
+def test_unknown_config_name_and_missing_output_flag(tmp_path, capsys):
+  ckpt = require_shared_data("t5x_checkpoints", "test_t5_tiny.checkpoint_0")
+  assert cli.main(["t5x-to-flax", "--input", str(ckpt), "--output", str(tmp_path / "o"),
+                   "--vocab", str(ckpt), "--config", "flan_t5_tinny"]) == 1
+  assert "did you mean flan_t5_tiny" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.run(["t5x-to-flax", "--input", str(ckpt)])  # --output is required (argparse)
+
+
+def test_scanned_config_imports_and_exports_the_same_tensors(readme_run, tmp_path):
+  from safetensors.numpy import load_file
+  from flan_jax.convert import core
+  ckpt = require_shared_data("t5x_checkpoints", "test_t5_tiny.checkpoint_0")
+  loaded = core.load_t5x(ckpt, vocab_path=readme_run / "t5_tiny_hf" / "spiece.model",
+                         scan_layers=True)
+  assert loaded.params["encoder"]["layers"]["attention"]["query"]["kernel"].shape == (2, 8, 4, 3)
+  assert "layers_0" not in loaded.params["encoder"]
+  exported = load_file(str(core.save_hf(loaded, tmp_path / "hf") / "model.safetensors"))
+  reference = load_file(str(readme_run / "t5_tiny_hf" / "model.safetensors"))
+  assert set(exported) == set(reference)
+  for name, value in reference.items():
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)
