@@ -58,34 +58,48 @@ def _prompt_info(prompt: jax.Array | None, prompt_lengths: jax.Array | None, row
   return prompt.astype(jnp.int32), prompt_lengths.astype(jnp.int32)
 
 
-def filter_logits(logits: jax.Array, *, topk: int = 0, topp: float = 0.0) -> jax.Array:
-  """Sets logits outside the top-k and outside the top-p nucleus to NEG_INF (0 disables each)."""
+def _is_static_zero(x: float | jax.Array) -> bool:
+  return isinstance(x, (int, float)) and x <= 0
+
+
+def filter_logits(logits: jax.Array, *, topk: int = 0, topp: float | jax.Array = 0.0) -> jax.Array:
+  """Sets logits outside the top-k and outside the top-p nucleus to NEG_INF (0 disables each).
+
+  `topk` must be a Python int; `topp` may be traced (then a value <= 0 disables it at run time).
+  """
   if topk > 0:
     kth = jax.lax.top_k(logits, topk)[0][..., -1:]
     logits = jnp.where(logits < kth, NEG_INF, logits)
-  if topp > 0.0:
+  if not _is_static_zero(topp):
+    mass = jnp.where(topp > 0, topp, 2.0)  # a mass of 2 is never reached: keep everything
     sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     # Keep a token while the mass of strictly better tokens is below topp (the best is always kept).
-    kept = jnp.where(mass_before < topp, sorted_logits, jnp.inf)
+    kept = jnp.where((mass_before < mass) | (jnp.arange(logits.shape[-1]) == 0), sorted_logits,
+                     jnp.inf)
     threshold = jnp.min(kept, axis=-1, keepdims=True)
     logits = jnp.where(logits < threshold, NEG_INF, logits)
   return logits
 
 
 def temperature_sample(tokens_to_logits: TokensToLogits, cache: Any, *, rows: int, length: int,
-                       eos_id: int, rng: jax.Array | None = None, temperature: float = 1.0,
-                       topk: int = 0, topp: float = 0.0, prompt: jax.Array | None = None,
+                       eos_id: int, rng: jax.Array | None = None,
+                       temperature: float | jax.Array = 1.0, topk: int = 0,
+                       topp: float | jax.Array = 0.0, prompt: jax.Array | None = None,
                        prompt_lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """Samples `rows` sequences of up to `length` tokens; temperature 0 is greedy (argmax).
+  """Samples `rows` sequences of up to `length` tokens; a Python temperature 0 is greedy (argmax).
+
+  `temperature` and `topp` may be traced (one compilation serves all their values); `topk` is a
+  Python int.
 
   Returns:
     (sequences int32 [rows, length], log-likelihood float32 [rows] of the generated tokens
     under the unfiltered, temperature-1 distribution; prompt tokens are not counted).
   """
-  if temperature < 0:
+  if isinstance(temperature, (int, float)) and temperature < 0:
     raise ValueError(f"temperature must be >= 0, got {temperature}")
+  greedy = _is_static_zero(temperature)
   prompt, prompt_lengths = _prompt_info(prompt, prompt_lengths, rows, length)
   rng = jax.random.PRNGKey(0) if rng is None else rng
 
@@ -99,7 +113,7 @@ def temperature_sample(tokens_to_logits: TokensToLogits, cache: Any, *, rows: in
     logits, cache = tokens_to_logits(
         DecodingState(cur_index=i, cur_token=_fed_token(sequences, i), cache=cache))
     logits = logits.astype(jnp.float32)
-    if temperature == 0.0:
+    if greedy:
       sampled = jnp.argmax(logits, axis=-1)
     else:
       filtered = filter_logits(logits / temperature, topk=topk, topp=topp)

@@ -61,8 +61,9 @@ class _IdVocab:
 
 
 def _tiny(name):
+  """A shipped tiny config in float32, so cached and uncached decoding agree exactly."""
   from flan_jax.models import configs  # pylint: disable=import-outside-toplevel
-  return configs.CONFIGS[name]
+  return dataclasses.replace(configs.CONFIGS[name], dtype="float32")
 
 
 def _unboxed(variables):
@@ -77,9 +78,14 @@ def t5():
   inputs = [list(rng.integers(3, 100, size=n)) + [1] for n in (5, 9, 3, 7)]
   targets = [list(rng.integers(3, 100, size=n)) + [1] for n in (3, 6, 1, 4)]
   batch = model.make_batch(inputs, targets, 12, 8)
-  variables = model.get_initial_variables(jax.random.PRNGKey(0), {k: v.shape for k, v in batch.items()})
-  params = jax.tree.map(lambda x: x * 4.0, _unboxed(variables))  # sharper, more varied predictions
+  params = _init(model, {k: v.shape for k, v in batch.items()}, 0)
   return model, params, batch
+
+
+def _init(model, shapes, seed):
+  """Random params, scaled up for sharper, more varied predictions (jitted: eager init is slow)."""
+  init = jax.jit(lambda rng: _unboxed(model.get_initial_variables(rng, shapes)))
+  return jax.tree.map(lambda x: x * 4.0, init(jax.random.PRNGKey(seed)))
 
 
 def _greedy_without_cache_t5(model, params, batch, length):
@@ -87,11 +93,12 @@ def _greedy_without_cache_t5(model, params, batch, length):
   rows = batch["encoder_input_tokens"].shape[0]
   seqs = np.zeros((rows, length), np.int32)
   done = np.zeros(rows, bool)
+  forward = jax.jit(lambda dec_in: model.module.apply(
+      {"params": params}, batch["encoder_input_tokens"], dec_in, dec_in, enable_dropout=False))
   for i in range(length):
     dec_in = np.zeros((rows, length), np.int32)
     dec_in[:, 1:] = seqs[:, :-1]
-    logits = model.module.apply({"params": params}, batch["encoder_input_tokens"], dec_in, dec_in,
-                                enable_dropout=False)
+    logits = forward(dec_in)
     token = np.where(done, 0, np.argmax(np.asarray(logits)[:, i], -1))
     seqs[:, i] = token
     done |= token == 1
@@ -141,8 +148,8 @@ def test_t5_score_and_loss(t5):
   assert float(metrics["num_tokens"]) == batch["decoder_loss_weights"].sum()
   # Default normalization: mean over real target tokens, z-loss 1e-4 included.
   assert float(loss) == pytest.approx(float(metrics["loss"]), rel=1e-6)
-  assert float(loss) == pytest.approx(-expected.sum() / metrics["num_tokens"] + float(metrics["z_loss"]),
-                                      rel=1e-4)
+  num_tokens = float(metrics["num_tokens"])
+  assert float(loss) == pytest.approx(-expected.sum() / num_tokens + float(metrics["z_loss"]), rel=1e-4)
   # Dropout is on only when a dropout rng is given.
   dropout_model = model_lib.EncoderDecoderModel(
       dataclasses.replace(model.config, dropout_rate=0.5), _IdVocab())
@@ -154,9 +161,7 @@ def test_t5_score_and_loss(t5):
 @pytest.fixture(scope="module")
 def lm():
   model = model_lib.DecoderOnlyModel(_tiny("decoder_tiny"), _IdVocab())
-  variables = model.get_initial_variables(jax.random.PRNGKey(1), {"decoder_input_tokens": (2, 16)})
-  params = jax.tree.map(lambda x: x * 4.0, _unboxed(variables))
-  return model, params
+  return model, _init(model, {"decoder_input_tokens": (2, 16)}, 1)
 
 
 def test_prefix_lm_batch_layout(lm):

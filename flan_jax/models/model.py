@@ -102,9 +102,9 @@ class BaseModel(abc.ABC):
     self.label_smoothing = label_smoothing
     self.loss_normalization = loss_normalization
     self.module = self._make_module(config)
+    # temperature, topp and alpha are traced: one compilation per shape serves all their values.
     self._predict_jit = jax.jit(self._predict, static_argnames=(
-        "decode_method", "num_decodes", "max_decode_length", "temperature", "topk", "topp",
-        "beam_size", "alpha"))
+        "decode_method", "num_decodes", "max_decode_length", "topk", "beam_size"))
     self._score_jit = jax.jit(self._score)
 
   @property
@@ -184,6 +184,9 @@ class BaseModel(abc.ABC):
     """
     if decode_method not in DECODE_METHODS:
       raise ValueError(f"unknown decode method {decode_method!r}; use one of {DECODE_METHODS}")
+    if decode_method == "sample" and temperature <= 0:
+      raise ValueError(f"temperature must be > 0 for decode_method='sample' (got {temperature}); "
+                       f"use decode_method='greedy' for argmax decoding")
     if decode_method == "beam" and num_decodes > beam_size:
       raise ValueError(f"num_decodes={num_decodes} exceeds beam_size={beam_size}; raise beam_size")
     if max_decode_length is None:
@@ -191,8 +194,8 @@ class BaseModel(abc.ABC):
     rng = jax.random.PRNGKey(0) if rng is None else rng
     out = self._predict_jit(
         params, dict(batch), rng, decode_method=decode_method, num_decodes=num_decodes,
-        max_decode_length=max_decode_length, temperature=float(temperature), topk=int(topk),
-        topp=float(topp), beam_size=int(beam_size), alpha=float(alpha))
+        max_decode_length=max_decode_length, temperature=jnp.float32(temperature), topk=int(topk),
+        topp=jnp.float32(topp), beam_size=int(beam_size), alpha=jnp.float32(alpha))
     return out[:, 0] if num_decodes == 1 else out
 
   def _predict(self, params, batch, rng, *, decode_method, num_decodes, max_decode_length,
