@@ -3,6 +3,7 @@
 Each module adds its import here when it defines a `@gin.configurable`.
 """
 # pylint: disable=unused-import
+import flan_jax.evaluation.runner
 import flan_jax.metrics
 import flan_jax.models.configs
 import flan_jax.optim
