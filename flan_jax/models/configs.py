@@ -70,9 +70,9 @@ def _palm(emb: int, heads: int, layers: int) -> DecoderConfig:
 
 CONFIGS: dict[str, T5Config | DecoderConfig] = {
     # Test-size networks (random init; the T5 vocabulary size so real tokenizers fit).
-    "flan_t5_tiny": T5Config(emb_dim=32, mlp_dim=64, num_heads=4, head_dim=8,
+    "flan_t5_tiny": T5Config(emb_dim=32, mlp_dim=64, num_heads=4, head_dim=8, dtype="float32",
                              num_encoder_layers=2, num_decoder_layers=2),
-    "decoder_tiny": DecoderConfig(emb_dim=32, num_heads=4, num_kv_heads=1, head_dim=8, mlp_dim=64,
+    "decoder_tiny": DecoderConfig(emb_dim=32, num_heads=4, num_kv_heads=1, head_dim=8, mlp_dim=64, dtype="float32",
                                   num_layers=2, parallel_block=True, logits_via_embedding=True,
                                   scale_tied_logits=True),
     # Flan-T5 = T5 v1.1 shapes (Chung et al., 2022).
