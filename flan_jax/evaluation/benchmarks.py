@@ -33,6 +33,8 @@ BBH_SHOTS = 3
 MGSM_LANGUAGES = ("bn", "de", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
 GSM8K_SHOTS = 8
 TYDIQA_FILE = "tydiqa/tydiqa-goldp-v1.1-dev.json"
+TYDIQA_LANGUAGES = ("arabic", "bengali", "english", "finnish", "indonesian", "korean", "russian",
+                    "swahili", "telugu")
 SCORED_TYDIQA_LANGUAGES = ("arabic", "bengali", "finnish", "indonesian", "korean", "russian",
                            "swahili", "telugu")
 SUITES = ("mmlu_direct", "mmlu_cot", "bbh_direct", "bbh_cot", "tydiqa", "mgsm", "gsm8k")
@@ -160,13 +162,18 @@ def load_bbh(data_dir: Path, cot: bool) -> list[Example]:
     two_way = tuple(sorted(set(targets))) if len(set(targets)) == 2 else ()
     for i, example in enumerate(data["examples"]):
       letters = _options_in(example["input"])
-      is_choice = bool(letters) and extraction.choice_letter(example["target"]) is not None
+      kind = bbh_kind(example["target"]) if letters else "text"
       examples.append(Example(
           id=f"{benchmark}/{task}/{i}", benchmark=benchmark, task=task,
           inputs=f"{prefix}\n\nQ: {example['input']}\nA:" + (f" {COT_TRIGGER}" if cot else ""),
-          targets=example["target"], kind="choice" if is_choice else "text",
-          options=tuple(f"({x})" for x in letters) if is_choice else two_way))
+          targets=example["target"], kind=kind,
+          options=tuple(f"({x})" for x in letters) if kind == "choice" else two_way))
   return examples
+
+
+def bbh_kind(target: str) -> str:
+  """'choice' for a lettered target "(X)", else 'text' (a few BBH targets are option texts)."""
+  return "choice" if re.fullmatch(r"\([A-Z]\)", target.strip()) else "text"
 
 
 def chance_rate(examples: list[Example]) -> float:
@@ -222,16 +229,27 @@ def mgsm_answer_phrase(exemplar_answer: str, number: int) -> str:
   return sentence.strip(" —-")
 
 
+def _mgsm_exemplars(data_dir: Path) -> dict:
+  path = _require(Path(data_dir) / "mgsm" / "exemplars.json", "MGSM exemplars")
+  return json.loads(path.read_text(encoding="utf-8"))
+
+
+def mgsm_phrases(data_dir: Path, language: str) -> tuple[str, ...]:
+  """Answer phrases for extraction: the language's own (from its exemplars), then English ones."""
+  exemplars = _mgsm_exemplars(data_dir)
+  phrase = mgsm_answer_phrase(exemplars["MGSM_EXEMPLARS"][language]["1"]["a"],
+                              exemplars["EXEMPLAR_NUMBER_ANSWERS"][0])
+  return tuple(p for p in (phrase,) if p) + extraction.ANSWER_PHRASES
+
+
 def load_mgsm(data_dir: Path, languages: tuple[str, ...] = MGSM_LANGUAGES) -> list[Example]:
-  exemplar_path = _require(Path(data_dir) / "mgsm" / "exemplars.json", "MGSM exemplars")
-  exemplars = json.loads(exemplar_path.read_text(encoding="utf-8"))
-  numbers = exemplars["EXEMPLAR_NUMBER_ANSWERS"]
+  exemplars = _mgsm_exemplars(data_dir)
   examples = []
   for language in languages:
     shots = [exemplars["MGSM_EXEMPLARS"][language][str(k)] for k in range(1, 9)]
     q_label, _ = _split_prefix(shots[0]["q"])
     a_label, _ = _split_prefix(shots[0]["a"])
-    phrase = mgsm_answer_phrase(shots[0]["a"], numbers[0])
+    phrases = mgsm_phrases(data_dir, language)
     space = "" if q_label.endswith("：") else " "
     prefix = "\n\n".join(f"{s['q']}\n{s['a']}" for s in shots)
     path = _require(Path(data_dir) / "mgsm" / f"mgsm_{language}.tsv", "MGSM file")
@@ -242,7 +260,7 @@ def load_mgsm(data_dir: Path, languages: tuple[str, ...] = MGSM_LANGUAGES) -> li
       examples.append(Example(
           id=f"mgsm/{language}/{i}", benchmark="mgsm", task=language,
           inputs=f"{prefix}\n\n{q_label}{space}{question}\n{a_label}", targets=answer.strip(),
-          kind="number", phrases=tuple(p for p in (phrase,) if p) + extraction.ANSWER_PHRASES))
+          kind="number", phrases=phrases))
   return examples
 
 
