@@ -305,8 +305,6 @@ class TfdsSource(seqio.TfdsDataSource):
     try:
       return super().get_dataset(split, *args, **kwargs)
     except Exception as e:  # pylint: disable=broad-except
-      if isinstance(e, MalformedRowError):
-        raise
       name = self.tfds_dataset.name
       raise FileNotFoundError(
           f"TFDS dataset '{name}' (split '{split}') could not be loaded "
@@ -415,6 +413,9 @@ def field_mapper(fields: Mapping[str, str], *, answer: Optional[str] = None,
 def _lookup_raw(example: Mapping[str, Any], path: str) -> tf.Tensor:
   value = example
   for key in path.split("/"):
+    if key not in value:
+      raise KeyError(f"Label feature '{path}' is not in the dataset; it has: "
+                     f"{', '.join(sorted(value))}. Fix the task's field mapping.")
     value = value[key]
   return value
 
