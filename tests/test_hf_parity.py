@@ -251,3 +251,28 @@ def test_pickle_weights_need_explicit_flag(hf_t5, tmp_path):
   loaded = core.load_hf(pickled, allow_pickle=True, vocab_path=path / "spiece.model")
   np.testing.assert_array_equal(loaded.params["decoder"]["logits_dense"]["kernel"],
                                 model.lm_head.weight.detach().numpy().T)
+
+
+def test_llama_greedy_decodes_match_hf(hf_llama):
+  model, _, _, loaded = hf_llama
+  wrapper = _wrapper(loaded)
+  prompts = [[1, 17, 40, 8, 61], [1, 5, 77, 90, 12]]  # equal lengths: no padding on the HF side
+  length = 6
+  batch = wrapper.make_batch(prompts, None, input_length=8, target_length=length)  # padded prompts
+  ours = np.asarray(wrapper.predict_batch(loaded.params, batch, decode_method="greedy",
+                                          max_decode_length=length))
+  # flan_jax's decoder input starts with token 0 (T5X's shifted-targets convention): give HF the same.
+  hf_prompts = torch.tensor([[0] + p for p in prompts])
+  with torch.no_grad():
+    theirs = model.generate(input_ids=hf_prompts, attention_mask=torch.ones_like(hf_prompts),
+                            do_sample=False, num_beams=1, max_new_tokens=length,
+                            min_new_tokens=length, eos_token_id=None,
+                            pad_token_id=0).numpy()[:, hf_prompts.shape[1]:]
+  compared = 0
+  for row_ours, row_theirs in zip(ours, theirs):
+    row_theirs = list(row_theirs)
+    if 1 in row_theirs:  # flan_jax stops at EOS (id 1 here) and pads with 0
+      row_theirs = row_theirs[:row_theirs.index(1) + 1]
+    assert list(row_ours[:len(row_theirs)]) == row_theirs
+    compared += len(row_theirs)
+  assert compared >= length
