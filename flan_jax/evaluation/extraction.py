@@ -15,6 +15,7 @@ from collections.abc import Sequence
 ANSWER_PHRASES: tuple[str, ...] = ("the answer is", "answer is", "the answer:", "answer:")
 
 _CHOICE = re.compile(r"^\(?([A-Z])\)?(?=$|[\s.,:;)])")
+_LOWER_CHOICE = re.compile(r"^\(?([a-z])\)?$")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -47,9 +48,12 @@ def extract_answer(text: str, phrases: Sequence[str] = ANSWER_PHRASES) -> str:
 
 
 def choice_letter(text: str) -> str | None:
-  """'B' for "(B)", "B", "B.", "(B) some option text"; None when the text does not start with one."""
-  match = _CHOICE.match(text.strip())
-  return match.group(1) if match else None
+  """'B' for "(B)", "B", "B.", "(B) some option text", "b"; None when the text does not start with one.
+
+  A lower-case letter counts only on its own ("b", "(b)"): "a dog" is not option A.
+  """
+  match = _CHOICE.match(text.strip()) or _LOWER_CHOICE.match(text.strip())
+  return match.group(1).upper() if match else None
 
 
 def parse_number(text: str) -> float | None:
