@@ -95,7 +95,7 @@ CATEGORIES = {
         "Translate the sentence to {target_lang}.")),
     "rewrite": ("{text}", (
         "{instruction}", "Do this: {instruction}", "{instruction} Write the result.",
-        "Task: {instruction}", "Please {instruction_lower}")),
+        "Task: {instruction}", "Please do the following. {instruction}")),
     "math": ("{question}", (
         "Solve this.", "What is the answer?", "Compute the result.", "Work out the answer.",
         "Give the solution.")),
@@ -125,78 +125,168 @@ def _wmt(pair: str, language: str) -> tuple:
 
 # name → (TFDS name (or "local"), category, field_mapper kwargs [+ constants])
 DATASETS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "anli_r1": ("anli/r1:0.1.0", "nli", dict(fields={"premise": "context", "hypothesis": "hypothesis"}, label="label", label_options=NLI3)),
-    "anli_r2": ("anli/r2:0.1.0", "nli", dict(fields={"premise": "context", "hypothesis": "hypothesis"}, label="label", label_options=NLI3)),
-    "anli_r3": ("anli/r3:0.1.0", "nli", dict(fields={"premise": "context", "hypothesis": "hypothesis"}, label="label", label_options=NLI3)),
-    "cb": ("super_glue/cb:1.0.2", "nli", dict(fields={"premise": "premise", "hypothesis": "hypothesis"}, label="label", label_options=("yes", "no", "it is not possible to tell"))),
-    "mnli_matched": ("glue/mnli:2.0.0", "nli", dict(fields={"premise": "premise", "hypothesis": "hypothesis"}, label="label", label_options=NLI3)),
-    "mnli_mismatched": ("glue/mnli:2.0.0", "nli", dict(fields={"premise": "premise", "hypothesis": "hypothesis"}, label="label", label_options=NLI3)),
-    "rte": ("super_glue/rte:1.0.2", "nli", dict(fields={"premise": "premise", "hypothesis": "hypothesis"}, label="label", label_options=("yes", "no"))),
-    "snli": ("snli:1.1.0", "nli", dict(fields={"premise": "premise", "hypothesis": "hypothesis"}, label="label", label_options=NLI3)),
-    "wnli": ("glue/wnli:2.0.0", "nli", dict(fields={"premise": "sentence1", "hypothesis": "sentence2"}, label="label", label_options=("no", "yes"))),
-    "qnli": ("glue/qnli:2.0.0", "passage_yesno", dict(fields={"context": "sentence", "question": "question"}, label="label", label_options=("yes", "no"))),
-    "bool_q": ("super_glue/boolq:1.0.2", "passage_yesno", dict(fields={"context": "passage", "question": "question"}, label="label", label_options=YES_NO)),
-    "glue_mrpc": ("glue/mrpc:2.0.0", "paraphrase", dict(fields={"sentence1": "sentence1", "sentence2": "sentence2"}, label="label", label_options=YES_NO)),
-    "glue_qqp": ("glue/qqp:2.0.0", "paraphrase", dict(fields={"sentence1": "question1", "sentence2": "question2"}, label="label", label_options=YES_NO)),
-    "paws_wiki": ("paws_wiki/labeled_final:1.1.0", "paraphrase", dict(fields={"sentence1": "sentence1", "sentence2": "sentence2"}, label="label", label_options=YES_NO)),
-    "stsb": ("glue/stsb:2.0.0", "similarity", dict(fields={"sentence1": "sentence1", "sentence2": "sentence2"}, answer="label")),
-    "sst2": ("glue/sst2:2.0.0", "sentiment", dict(fields={"text": "sentence"}, label="label", label_options=("negative", "positive"))),
-    "imdb_reviews": ("imdb_reviews/plain_text:1.0.0", "sentiment", dict(fields={"text": "text"}, label="label", label_options=("negative", "positive"))),
-    "yelp_polarity_reviews": ("yelp_polarity_reviews:0.2.0", "sentiment", dict(fields={"text": "text"}, label="label", label_options=("negative", "positive"))),
-    "sentiment140": ("sentiment140:1.0.0", "sentiment", dict(fields={"text": "text"}, label="polarity", label_options=("negative", "neutral", "positive"), label_values=(0, 2, 4))),
-    "ag_news_subset": ("ag_news_subset:1.0.0", "topic", dict(fields={"text": "description"}, label="label", label_options=("World", "Sports", "Business", "Science/Tech"))),
-    "trec": ("trec:1.0.0", "topic", dict(fields={"text": "text"}, label="label-coarse", label_options=("description", "entity", "abbreviation", "human", "number", "location"))),
-    "cola": ("glue/cola:2.0.0", "acceptability", dict(fields={"sentence": "sentence"}, label="label", label_options=("unacceptable", "acceptable"))),
-    "wic": ("super_glue/wic:1.0.2", "wsd", dict(fields={"word": "word", "sentence1": "sentence1", "sentence2": "sentence2"}, label="label", label_options=("different meanings", "the same meaning"))),
-    "wsc": ("super_glue/wsc.fixed:1.0.2", "coref", dict(fields={"text": "text", "pronoun": "span2_text"}, label="label", choices=("span1_text", "span1_text"), label_values=(1, 0))),
-    "winogrande": ("winogrande/winogrande_xl:1.1.0", "coref", dict(fields={"text": "sentence", "pronoun": "sentence|last"}, label="label", choices=("option1", "option2"))),
-    "definite_pronoun_resolution": ("definite_pronoun_resolution:1.1.0", "coref", dict(fields={"text": "sentence", "pronoun": "pronoun"}, label="label", choices="candidates")),
-    "copa": ("super_glue/copa:1.0.2", "completion", dict(fields={"context": "premise"}, label="label", choices=("choice1", "choice2"))),
-    "hellaswag": ("hellaswag:1.1.0", "completion", dict(fields={"context": "context"}, label="label", choices="endings")),
-    "story_cloze": ("story_cloze/2016:1.0.0", "completion", dict(fields={"context": "context"}, label="label", choices="endings")),
-    "piqa": ("piqa:1.0.0", "completion", dict(fields={"context": "goal"}, label="label", choices=("sol1", "sol2"))),
-    "arc_challenge": ("ai2_arc/ARC-Challenge:1.0.0", "closed_qa", dict(fields={"question": "question"}, label="answerKey", choices="choices/text", choice_keys="choices/label")),
-    "arc_easy": ("ai2_arc/ARC-Easy:1.0.0", "closed_qa", dict(fields={"question": "question"}, label="answerKey", choices="choices/text", choice_keys="choices/label")),
-    "openbookqa": ("openbookqa:0.1.0", "closed_qa", dict(fields={"question": "question/stem"}, label="answerKey", choices=("question/choice_A", "question/choice_B", "question/choice_C", "question/choice_D"))),
-    "natural_questions": ("natural_questions_open:1.0.0", "closed_qa", dict(fields={"question": "question"}, answer="answer[0]")),
-    "trivia_qa": ("trivia_qa/rc:1.1.0", "closed_qa", dict(fields={"question": "question"}, answer="answer/value")),
-    "trivia_qa_wiki_missing": ("trivia_qa/unfiltered.nocontext:1.1.0", "closed_qa", dict(fields={"question": "question"}, answer="answer/value")),
-    "unified_qa_science_inst": ("unified_qa/ai2_science_middle:1.0.0", "closed_qa", dict(fields={"question": "input"}, answer="output")),
-    "cosmos_qa": ("cosmos_qa:1.0.0", "mc_qa", dict(fields={"context": "context", "question": "question"}, label="label", choices=("answer0", "answer1", "answer2", "answer3"))),
-    "multirc": ("super_glue/multirc:1.0.2", "answer_check", dict(fields={"context": "paragraph", "question": "question", "candidate": "answer"}, label="label", label_options=YES_NO)),
-    "coqa": ("coqa:1.0.0", "extractive_qa", dict(fields={"context": "story", "question": "questions[0]"}, answer="answers/input_text[0]")),
-    "quac": ("quac:1.0.0", "extractive_qa", dict(fields={"context": "context", "question": "question"}, answer="orig_answer/text")),
-    "record": ("super_glue/record:1.0.2", "extractive_qa", dict(fields={"context": "passage", "question": "query"}, answer="answers[0]")),
-    "squad_v1": ("squad/v1.1:3.0.0", "extractive_qa", dict(fields={"context": "context", "question": "question"}, answer="answers/text[0]")),
-    "squad_v2": ("squad/v2.0:3.0.0", "extractive_qa", dict(fields={"context": "context", "question": "question"}, answer="answers/text[0]")),
-    "drop": ("drop:2.0.0", "extractive_qa", dict(fields={"context": "passage", "question": "question"}, answer="answer")),
-    "math_dataset": ("math_dataset/algebra__linear_1d:1.0.0", "math", dict(fields={"question": "question"}, answer="answer")),
-    "lambada": ("lambada:1.0.0", "completion", dict(fields={"context": "passage|drop_last"}, answer="passage|last")),
-    "aeslc": ("aeslc:1.0.0", "summarize", dict(fields={"text": "email_body"}, answer="subject_line")),
-    "cnn_dailymail": ("cnn_dailymail:3.4.0", "summarize", dict(fields={"text": "article"}, answer="highlights")),
-    "gigaword": ("gigaword:1.2.0", "summarize", dict(fields={"text": "document"}, answer="summary")),
-    "multi_news": ("multi_news:1.0.0", "summarize", dict(fields={"text": "document"}, answer="summary")),
+    "anli_r1": ("anli/r1:0.1.0", "nli", dict(
+        fields={"premise": "context", "hypothesis": "hypothesis"}, label="label",
+        label_options=NLI3)),
+    "anli_r2": ("anli/r2:0.1.0", "nli", dict(
+        fields={"premise": "context", "hypothesis": "hypothesis"}, label="label",
+        label_options=NLI3)),
+    "anli_r3": ("anli/r3:0.1.0", "nli", dict(
+        fields={"premise": "context", "hypothesis": "hypothesis"}, label="label",
+        label_options=NLI3)),
+    "cb": ("super_glue/cb:1.0.2", "nli", dict(
+        fields={"premise": "premise", "hypothesis": "hypothesis"}, label="label",
+        label_options=("yes", "no", "it is not possible to tell"))),
+    "mnli_matched": ("glue/mnli:2.0.0", "nli", dict(
+        fields={"premise": "premise", "hypothesis": "hypothesis"}, label="label",
+        label_options=NLI3)),
+    "mnli_mismatched": ("glue/mnli:2.0.0", "nli", dict(
+        fields={"premise": "premise", "hypothesis": "hypothesis"}, label="label",
+        label_options=NLI3)),
+    "rte": ("super_glue/rte:1.0.2", "nli", dict(
+        fields={"premise": "premise", "hypothesis": "hypothesis"}, label="label",
+        label_options=("yes", "no"))),
+    "snli": ("snli:1.1.0", "nli", dict(
+        fields={"premise": "premise", "hypothesis": "hypothesis"}, label="label",
+        label_options=NLI3)),
+    "wnli": ("glue/wnli:2.0.0", "nli", dict(
+        fields={"premise": "sentence1", "hypothesis": "sentence2"}, label="label",
+        label_options=("no", "yes"))),
+    "qnli": ("glue/qnli:2.0.0", "passage_yesno", dict(
+        fields={"context": "sentence", "question": "question"}, label="label",
+        label_options=("yes", "no"))),
+    "bool_q": ("super_glue/boolq:1.0.2", "passage_yesno", dict(
+        fields={"context": "passage", "question": "question"}, label="label", label_options=YES_NO)),
+    "glue_mrpc": ("glue/mrpc:2.0.0", "paraphrase", dict(
+        fields={"sentence1": "sentence1", "sentence2": "sentence2"}, label="label",
+        label_options=YES_NO)),
+    "glue_qqp": ("glue/qqp:2.0.0", "paraphrase", dict(
+        fields={"sentence1": "question1", "sentence2": "question2"}, label="label",
+        label_options=YES_NO)),
+    "paws_wiki": ("paws_wiki/labeled_final:1.1.0", "paraphrase", dict(
+        fields={"sentence1": "sentence1", "sentence2": "sentence2"}, label="label",
+        label_options=YES_NO)),
+    "stsb": ("glue/stsb:2.0.0", "similarity", dict(
+        fields={"sentence1": "sentence1", "sentence2": "sentence2"}, answer="label")),
+    "sst2": ("glue/sst2:2.0.0", "sentiment", dict(
+        fields={"text": "sentence"}, label="label", label_options=("negative", "positive"))),
+    "imdb_reviews": ("imdb_reviews/plain_text:1.0.0", "sentiment", dict(
+        fields={"text": "text"}, label="label", label_options=("negative", "positive"))),
+    "yelp_polarity_reviews": ("yelp_polarity_reviews:0.2.0", "sentiment", dict(
+        fields={"text": "text"}, label="label", label_options=("negative", "positive"))),
+    "sentiment140": ("sentiment140:1.0.0", "sentiment", dict(
+        fields={"text": "text"}, label="polarity",
+        label_options=("negative", "neutral", "positive"), label_values=(0, 2, 4))),
+    "ag_news_subset": ("ag_news_subset:1.0.0", "topic", dict(
+        fields={"text": "description"}, label="label",
+        label_options=("World", "Sports", "Business", "Science/Tech"))),
+    "trec": ("trec:1.0.0", "topic", dict(
+        fields={"text": "text"}, label="label-coarse",
+        label_options=("description", "entity", "abbreviation", "human", "number", "location"))),
+    "cola": ("glue/cola:2.0.0", "acceptability", dict(
+        fields={"sentence": "sentence"}, label="label",
+        label_options=("unacceptable", "acceptable"))),
+    "wic": ("super_glue/wic:1.0.2", "wsd", dict(
+        fields={"word": "word", "sentence1": "sentence1", "sentence2": "sentence2"}, label="label",
+        label_options=("different meanings", "the same meaning"))),
+    "wsc": ("super_glue/wsc.fixed:1.0.2", "coref", dict(
+        fields={"text": "text", "pronoun": "span2_text"}, label="label",
+        choices=("span1_text", "span1_text"), label_values=(1, 0))),
+    "winogrande": ("winogrande/winogrande_xl:1.1.0", "coref", dict(
+        fields={"text": "sentence", "pronoun": "sentence|last"}, label="label",
+        choices=("option1", "option2"))),
+    "definite_pronoun_resolution": ("definite_pronoun_resolution:1.1.0", "coref", dict(
+        fields={"text": "sentence", "pronoun": "pronoun"}, label="label", choices="candidates")),
+    "copa": ("super_glue/copa:1.0.2", "completion", dict(
+        fields={"context": "premise"}, label="label", choices=("choice1", "choice2"))),
+    "hellaswag": ("hellaswag:1.1.0", "completion", dict(
+        fields={"context": "context"}, label="label", choices="endings")),
+    "story_cloze": ("story_cloze/2016:1.0.0", "completion", dict(
+        fields={"context": "context"}, label="label", choices="endings")),
+    "piqa": ("piqa:1.0.0", "completion", dict(
+        fields={"context": "goal"}, label="label", choices=("sol1", "sol2"))),
+    "arc_challenge": ("ai2_arc/ARC-Challenge:1.0.0", "closed_qa", dict(
+        fields={"question": "question"}, label="answerKey", choices="choices/text",
+        choice_keys="choices/label")),
+    "arc_easy": ("ai2_arc/ARC-Easy:1.0.0", "closed_qa", dict(
+        fields={"question": "question"}, label="answerKey", choices="choices/text",
+        choice_keys="choices/label")),
+    "openbookqa": ("openbookqa:0.1.0", "closed_qa", dict(
+        fields={"question": "question/stem"}, label="answerKey",
+        choices=("question/choice_A", "question/choice_B", "question/choice_C", "question/choice_D"))),
+    "natural_questions": ("natural_questions_open:1.0.0", "closed_qa", dict(
+        fields={"question": "question"}, answer="answer[0]")),
+    "trivia_qa": ("trivia_qa/rc:1.1.0", "closed_qa", dict(
+        fields={"question": "question"}, answer="answer/value")),
+    "trivia_qa_wiki_missing": ("trivia_qa/unfiltered.nocontext:1.1.0", "closed_qa", dict(
+        fields={"question": "question"}, answer="answer/value")),
+    "unified_qa_science_inst": ("unified_qa/ai2_science_middle:1.0.0", "closed_qa", dict(
+        fields={"question": "input"}, answer="output")),
+    "cosmos_qa": ("cosmos_qa:1.0.0", "mc_qa", dict(
+        fields={"context": "context", "question": "question"}, label="label",
+        choices=("answer0", "answer1", "answer2", "answer3"))),
+    "multirc": ("super_glue/multirc:1.0.2", "answer_check", dict(
+        fields={"context": "paragraph", "question": "question", "candidate": "answer"},
+        label="label", label_options=YES_NO)),
+    "coqa": ("coqa:1.0.0", "extractive_qa", dict(
+        fields={"context": "story", "question": "questions[0]"}, answer="answers/input_text[0]")),
+    "quac": ("quac:1.0.0", "extractive_qa", dict(
+        fields={"context": "context", "question": "question"}, answer="orig_answer/text")),
+    "record": ("super_glue/record:1.0.2", "extractive_qa", dict(
+        fields={"context": "passage", "question": "query"}, answer="answers[0]")),
+    "squad_v1": ("squad/v1.1:3.0.0", "extractive_qa", dict(
+        fields={"context": "context", "question": "question"}, answer="answers/text[0]")),
+    "squad_v2": ("squad/v2.0:3.0.0", "extractive_qa", dict(
+        fields={"context": "context", "question": "question"}, answer="answers/text[0]")),
+    "drop": ("drop:2.0.0", "extractive_qa", dict(
+        fields={"context": "passage", "question": "question"}, answer="answer")),
+    "math_dataset": ("math_dataset/algebra__linear_1d:1.0.0", "math", dict(
+        fields={"question": "question"}, answer="answer")),
+    "lambada": ("lambada:1.0.0", "completion", dict(
+        fields={"context": "passage|drop_last"}, answer="passage|last")),
+    "aeslc": ("aeslc:1.0.0", "summarize", dict(
+        fields={"text": "email_body"}, answer="subject_line")),
+    "cnn_dailymail": ("cnn_dailymail:3.4.0", "summarize", dict(
+        fields={"text": "article"}, answer="highlights")),
+    "gigaword": ("gigaword:1.2.0", "summarize", dict(
+        fields={"text": "document"}, answer="summary")),
+    "multi_news": ("multi_news:1.0.0", "summarize", dict(
+        fields={"text": "document"}, answer="summary")),
     "newsroom": ("newsroom:1.0.0", "summarize", dict(fields={"text": "text"}, answer="summary")),
     "samsum": ("samsum:1.0.0", "summarize", dict(fields={"text": "dialogue"}, answer="summary")),
     "xsum": ("xsum:1.1.0", "summarize", dict(fields={"text": "document"}, answer="summary")),
-    "wiki_lingua_english_en": ("gem/wiki_lingua_english_en:1.1.0", "summarize", dict(fields={"text": "source"}, answer="target")),
-    "opinion_abstracts_idebate": ("opinion_abstracts/idebate:1.0.0", "summarize", dict(fields={"text": "_argument_sentences/argument_sentence[*]"}, answer="_claim")),
-    "opinion_abstracts_rotten_tomatoes": ("opinion_abstracts/rotten_tomatoes:1.0.0", "summarize", dict(fields={"text": "_critics/value[*]"}, answer="_critic_consensus")),
-    "common_gen": ("gem/common_gen:1.1.0", "data_to_text", dict(fields={"data": "concepts[*]"}, answer="target")),
-    "dart": ("gem/dart:1.1.0", "data_to_text", dict(fields={"data": "tripleset[*]"}, answer="target")),
-    "e2e_nlg": ("gem/e2e_nlg:1.1.0", "data_to_text", dict(fields={"data": "meaning_representation"}, answer="target")),
-    "web_nlg_en": ("gem/web_nlg_en:1.1.0", "data_to_text", dict(fields={"data": "input[*]"}, answer="target")),
-    "para_crawl_enes": ("para_crawl/enes:1.2.0", "translate", dict(fields={"text": "es"}, answer="en", constants={"source_lang": "Spanish", "target_lang": "English"})),
-    "wmt14_enfr": ("wmt14_translate/fr-en:1.0.0", "translate", dict(fields={"text": "fr"}, answer="en", constants={"source_lang": "French", "target_lang": "English"})),
+    "wiki_lingua_english_en": ("gem/wiki_lingua_english_en:1.1.0", "summarize", dict(
+        fields={"text": "source"}, answer="target")),
+    "opinion_abstracts_idebate": ("opinion_abstracts/idebate:1.0.0", "summarize", dict(
+        fields={"text": "_argument_sentences/argument_sentence[*]"}, answer="_claim")),
+    "opinion_abstracts_rotten_tomatoes": ("opinion_abstracts/rotten_tomatoes:1.0.0", "summarize", dict(
+        fields={"text": "_critics/value[*]"}, answer="_critic_consensus")),
+    "common_gen": ("gem/common_gen:1.1.0", "data_to_text", dict(
+        fields={"data": "concepts[*]"}, answer="target")),
+    "dart": ("gem/dart:1.1.0", "data_to_text", dict(
+        fields={"data": "tripleset[*]"}, answer="target")),
+    "e2e_nlg": ("gem/e2e_nlg:1.1.0", "data_to_text", dict(
+        fields={"data": "meaning_representation"}, answer="target")),
+    "web_nlg_en": ("gem/web_nlg_en:1.1.0", "data_to_text", dict(
+        fields={"data": "input[*]"}, answer="target")),
+    "para_crawl_enes": ("para_crawl/enes:1.2.0", "translate", dict(
+        fields={"text": "es"}, answer="en",
+        constants={"source_lang": "Spanish", "target_lang": "English"})),
+    "wmt14_enfr": ("wmt14_translate/fr-en:1.0.0", "translate", dict(
+        fields={"text": "fr"}, answer="en",
+        constants={"source_lang": "French", "target_lang": "English"})),
     "wmt16_translate_csen": _wmt("cs-en", "Czech"),
     "wmt16_translate_deen": _wmt("de-en", "German"),
     "wmt16_translate_fien": _wmt("fi-en", "Finnish"),
     "wmt16_translate_roen": _wmt("ro-en", "Romanian"),
     "wmt16_translate_ruen": _wmt("ru-en", "Russian"),
     "wmt16_translate_tren": _wmt("tr-en", "Turkish"),
-    "fix_punct": ("local", "rewrite", dict(constants={"instruction": "Add the missing punctuation.", "instruction_lower": "add the missing punctuation."})),
-    "true_case": ("local", "rewrite", dict(constants={"instruction": "Fix the capitalization.", "instruction_lower": "fix the capitalization."})),
-    "word_segment": ("local", "rewrite", dict(constants={"instruction": "Add spaces between the words.", "instruction_lower": "add spaces between the words."})),
+    "fix_punct": ("local", "rewrite", dict(
+        constants={"instruction": "Add the missing punctuation."})),
+    "true_case": ("local", "rewrite", dict(
+        constants={"instruction": "Fix the capitalization."})),
+    "word_segment": ("local", "rewrite", dict(
+        constants={"instruction": "Add spaces between the words."})),
 }
 
 COUNTS: dict[str, Optional[int]] = {
