@@ -4,6 +4,7 @@ HF checkpoint → `python -m flan_jax.convert` machinery → flan_jax network in
 1e-4 relative error, identical greedy decodes, matching per-example log-likelihoods; HF → flax → HF
 and T5X → flax → HF round trips are lossless, and transformers loads the exports.
 """
+import dataclasses
 import json
 import shutil
 
@@ -59,7 +60,7 @@ def hf_t5(tmp_path_factory, t5_vocab_path):
   _save_hf(model, config_dict, path, t5_vocab_path, "spiece.model")
   flax_dir = core.hf_to_flax(path, tmp_path_factory.mktemp("flax") / "t5")
   loaded = core.load_flax(flax_dir)
-  loaded = loaded._replace(config=core._config_with(loaded.config, {"dtype": "float32"}))  # pylint: disable=protected-access
+  loaded = loaded._replace(config=dataclasses.replace(loaded.config, dtype="float32"))
   return model, path, flax_dir, loaded
 
 
@@ -80,7 +81,7 @@ def hf_llama(tmp_path_factory, t5_vocab_path):
   _save_hf(model, config.to_dict(), path, t5_vocab_path, "tokenizer.model")
   flax_dir = core.hf_to_flax(path, tmp_path_factory.mktemp("flax") / "llama")
   loaded = core.load_flax(flax_dir)
-  loaded = loaded._replace(config=core._config_with(loaded.config, {"dtype": "float32"}))  # pylint: disable=protected-access
+  loaded = loaded._replace(config=dataclasses.replace(loaded.config, dtype="float32"))
   return model, path, flax_dir, loaded
 
 
@@ -235,7 +236,7 @@ def test_hf_t5_into_wrong_config_names_the_parameter(hf_t5):
   _, path, _, loaded = hf_t5
   with pytest.raises(ParamMismatchError, match=r"encoder/layers_0/mlp/wi_0/kernel: expected shape"):
     from flan_jax.convert import hf_io, hf_t5 as hf_t5_lib, params as params_lib
-    wrong = core._config_with(loaded.config, {"mlp_dim": 32})  # pylint: disable=protected-access
+    wrong = dataclasses.replace(loaded.config, mlp_dim=32)
     flat = hf_t5_lib.params_from_hf(hf_io.read_state_dict(path), wrong, "test")
     params_lib.fit_params(flat, params_lib.network_param_shapes("t5", wrong), "test")
 

@@ -18,7 +18,6 @@ from typing import Any, Sequence
 
 from flan_jax import gin_utils
 from flan_jax.convert import core
-from flan_jax.convert.params import ParamMismatchError
 
 COMMANDS = ("t5x-to-flax", "hf-to-flax", "flax-to-hf")
 
@@ -82,7 +81,7 @@ def _default_vocab() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
   try:
     run(sys.argv[1:] if argv is None else argv)
-  except (ValueError, FileNotFoundError, ParamMismatchError, gin_utils.GinConfigError) as e:
+  except (ValueError, FileNotFoundError) as e:  # incl. ParamMismatchError, GinConfigError
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0
