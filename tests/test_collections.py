@@ -182,3 +182,25 @@ def test_packed_prefix_lm_batches(gsm8k_tokens):
       assert prefix[:n_prefix].all() and loss[-n_loss:].all()
   with pytest.raises(ValueError, match="Unknown feature conversion 'mlm'"):
     feature_conversion.converter("mlm")
+
+
+def test_t0_and_dialog_rows_render(tmp_path):
+  from flan_jax.tasks import dialog, t0  # pylint: disable=g-import-not-at-top
+  p3 = t0.p3_row({"inputs_pretokenized": "Is the sky blue? ", "targets_pretokenized": " yes",
+                  "answer_choices": ["yes", "no"]})
+  rendered = templates.render(t0.FAMILY.variant("zs_opt")[0], p3, template_type="zs_opt")
+  assert (rendered.inputs, rendered.targets) == ("Is the sky blue?\nOptions:\n- yes\n- no", "yes")
+  turn = dialog.qrecc_row({"Context": ["Who wrote Hamlet?", "Shakespeare."],
+                           "Question": "When?", "Answer": "Around 1600."})
+  assert turn == {"history": "User: Who wrote Hamlet?\nAssistant: Shakespeare.",
+                  "question": "When?", "answer": "Around 1600."}
+  inverted = templates.render(dialog.INVERSION_FAMILY.variant("zs_noopt")[0], turn,
+                              template_type="zs_noopt")
+  assert inverted.targets == "When?" and "Around 1600." in inverted.inputs
+
+
+def test_registration_needs_no_data(tmp_path):
+  from flan_jax.tasks import niv2, t0  # pylint: disable=g-import-not-at-top
+  assert niv2.task_names(tmp_path) == []
+  assert sources.read_collection_info(tmp_path / "absent.csv") == []
+  assert len(t0.TASKS) == 193 and t0.TASKS[0] == "t0_adversarial_qa_0"
