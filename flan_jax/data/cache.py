@@ -7,7 +7,7 @@ on one machine, or e.g. `pipeline_options=("--runner=DataflowRunner", "--project
 TFRecords; `get_dataset(..., use_cached=True)` then only appends EOS and trims.
 
     python -m flan_jax.data.cache cot_submix --output_dir=/data/flan_cache
-    # training: gin `--gin.USE_CACHED_TASKS=True` or `use_cache_dir("/data/flan_cache")` first.
+    # then, before reading: use_cache_dir("/data/flan_cache"); get_dataset(..., use_cached=True)
 """
 from __future__ import annotations
 
