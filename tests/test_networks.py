@@ -1,0 +1,323 @@
+"""The networks: shapes and dtypes, logical axes on every parameter, KV-cache decoding equal to the
+full forward pass (T5, decoder-only MQA and GQA, prefill with a bidirectional prefix), packing
+masks, scan/remat equal to the unscanned stack, position encodings, and the gin model configs."""
+import dataclasses
+import functools
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flan_jax.models import configs, decoder, layers, t5
+
+VOCAB = 64
+LOGICAL_AXES = {"batch", "length", "embed", "mlp", "heads", "kv", "vocab", "layers",
+                "relpos_buckets", None}
+
+
+def _tokens(rng, shape, pad_from=None):
+  out = rng.integers(2, VOCAB, size=shape).astype(np.int32)
+  if pad_from is not None:
+    for row, start in enumerate(pad_from):
+      out[row, start:] = 0
+  return out
+
+
+def _shifted(targets):
+  out = np.zeros_like(targets)
+  out[:, 1:] = targets[:, :-1]
+  return out
+
+
+def _stack_layers(tree):
+  """Unscanned params (layers_0, layers_1, ...) → the scanned layout (`layers`, leading axis)."""
+  if not isinstance(tree, dict):
+    return tree
+  names = sorted((k for k in tree if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
+  out = {k: _stack_layers(v) for k, v in tree.items() if not k.startswith("layers_")}
+  if names:
+    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[tree[k] for k in names])
+  return out
+
+
+def _init(module, *args, **kwargs):
+  """module.init under jit (eager Flax dispatches op by op, far slower than one compile)."""
+  return jax.jit(lambda *a: module.init(jax.random.PRNGKey(0), *a, **kwargs))(*args)
+
+
+def _max_diff(a, b):
+  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+# ---- T5 -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def t5_net():
+  config = dataclasses.replace(configs.CONFIGS["flan_t5_tiny"], vocab_size=VOCAB)
+  module = t5.Transformer(config)
+  rng = np.random.default_rng(0)
+  enc = _tokens(rng, (2, 7), pad_from=[7, 4])
+  targets = _tokens(rng, (2, 5))
+  dec = _shifted(targets)
+  variables = _init(module, enc, dec, targets, enable_dropout=False)
+  params = nn.meta.unbox(variables["params"])
+  forward = jax.jit(lambda p, e, d: module.apply({"params": p}, e, d, d, enable_dropout=False))
+  return module, variables, params, enc, dec, forward, np.asarray(forward(params, enc, dec))
+
+
+def _boxed_leaves(tree):
+  return jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
+
+
+def _check_logical_axes(boxed_params):
+  specs = nn.get_partition_spec(boxed_params)
+  for path, leaf in _boxed_leaves(boxed_params):
+    name = "/".join(p.key for p in path)
+    assert isinstance(leaf, nn.Partitioned), f"{name} has no logical axis names"
+    assert len(leaf.names) == leaf.value.ndim, name
+    assert set(leaf.names) <= LOGICAL_AXES, (name, leaf.names)
+    assert leaf.value.dtype == jnp.float32, name
+  assert len(jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))) \
+      == len(_boxed_leaves(boxed_params))
+
+
+def test_t5_param_names_follow_t5x_and_carry_logical_axes(t5_net):
+  _, variables, params, *_ = t5_net
+  _check_logical_axes(variables["params"])
+  flat = {"/".join(p.key for p in path): leaf.shape
+          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  emb, heads, head_dim, mlp = 32, 4, 8, 64
+  expected = {
+      "token_embedder/embedding": (VOCAB, emb),
+      "encoder/relpos_bias/rel_embedding": (heads, 32),
+      "decoder/relpos_bias/rel_embedding": (heads, 32),
+      "encoder/layers_1/attention/query/kernel": (emb, heads, head_dim),
+      "encoder/layers_0/attention/out/kernel": (heads, head_dim, emb),
+      "encoder/layers_0/pre_attention_layer_norm/scale": (emb,),
+      "encoder/layers_0/mlp/wi_0/kernel": (emb, mlp),
+      "encoder/layers_0/mlp/wo/kernel": (mlp, emb),
+      "encoder/encoder_norm/scale": (emb,),
+      "decoder/layers_1/self_attention/key/kernel": (emb, heads, head_dim),
+      "decoder/layers_1/encoder_decoder_attention/value/kernel": (emb, heads, head_dim),
+      "decoder/layers_0/pre_cross_attention_layer_norm/scale": (emb,),
+      "decoder/layers_0/pre_self_attention_layer_norm/scale": (emb,),
+      "decoder/layers_0/pre_mlp_layer_norm/scale": (emb,),
+      "decoder/decoder_norm/scale": (emb,),
+      "decoder/logits_dense/kernel": (emb, VOCAB),
+  }
+  for name, shape in expected.items():
+    assert flat.get(name) == shape, name
+  # 2 stacks x 2 layers; no biases anywhere.
+  assert len(flat) == 1 + (2 + 2 * 9) + (3 + 2 * 14) and not any("bias" in k.split("/")[-1] for k in flat)
+
+
+def test_t5_bf16_activations_float32_params_and_logits():
+  config = dataclasses.replace(configs.CONFIGS["flan_t5_tiny"], vocab_size=VOCAB, dtype="bfloat16")
+  module = t5.Transformer(config)
+  tokens = jax.ShapeDtypeStruct((3, 6), jnp.int32)
+  variables = jax.eval_shape(
+      lambda t: module.init(jax.random.PRNGKey(0), t, t, t, enable_dropout=False), tokens)
+  assert {x.dtype for x in jax.tree.leaves(nn.meta.unbox(variables["params"]))} == {jnp.dtype(jnp.float32)}
+  params = nn.meta.unbox(variables["params"])
+  logits = jax.eval_shape(lambda p, t: module.apply({"params": p}, t, t, t), params, tokens)
+  encoded = jax.eval_shape(lambda p, t: module.apply({"params": p}, t, method=module.encode),
+                           params, tokens)
+  assert (logits.shape, logits.dtype) == ((3, 6, VOCAB), jnp.float32)
+  assert (encoded.shape, encoded.dtype) == ((3, 6, 32), jnp.bfloat16)
+
+
+def test_t5_cached_decoding_equals_full_forward(t5_net):
+  module, _, params, enc, dec, _, full = t5_net
+  length = dec.shape[1]
+  cache = _init(module, enc, dec, dec, enable_dropout=False, decode=True)["cache"]
+  encoded = jax.jit(lambda p: module.apply({"params": p}, enc, enable_dropout=False,
+                                           method=module.encode))(params)
+
+  @jax.jit
+  def step(cache, token):
+    logits, new = module.apply({"params": params, "cache": cache}, encoded, enc, token, token,
+                               enable_dropout=False, decode=True, max_decode_length=length,
+                               method=module.decode, mutable=["cache"])
+    return logits[:, 0], new["cache"]
+
+  stepped = []
+  for i in range(length):
+    logits, cache = step(cache, dec[:, i:i + 1])
+    stepped.append(logits)
+  assert _max_diff(np.stack(stepped, 1), full) < 1e-5
+  with pytest.raises(ValueError, match="one token per call"):
+    module.apply({"params": params, "cache": cache}, encoded, enc, dec, dec, enable_dropout=False,
+                 decode=True, method=module.decode, mutable=["cache"])
+
+
+def test_t5_packing_masks_isolate_segments(t5_net):
+  module, _, params, *_ = t5_net
+  rng = np.random.default_rng(1)
+  enc_a, enc_b = _tokens(rng, (1, 4)), _tokens(rng, (1, 3))
+  tgt_a, tgt_b = _tokens(rng, (1, 2)), _tokens(rng, (1, 3))
+  apply = lambda e, d, **kw: np.asarray(jax.jit(functools.partial(
+      module.apply, enable_dropout=False))({"params": params}, e, d, d, **kw))
+  alone_b = apply(enc_b, _shifted(tgt_b))
+  packed_enc = np.concatenate([enc_a, enc_b, np.zeros((1, 1), np.int32)], 1)
+  packed_dec = np.concatenate([_shifted(tgt_a), _shifted(tgt_b), np.zeros((1, 1), np.int32)], 1)
+  packed = apply(packed_enc, packed_dec,
+                 encoder_segment_ids=np.array([[1, 1, 1, 1, 2, 2, 2, 0]]),
+                 decoder_segment_ids=np.array([[1, 1, 2, 2, 2, 0]]))
+  assert _max_diff(packed[:, 2:5], alone_b) < 1e-5
+  # Without segment ids the second example would see the first one.
+  assert _max_diff(apply(packed_enc, packed_dec)[:, 2:5], alone_b) > 1e-3
+
+
+def test_t5_scan_and_remat_equal_unscanned(t5_net):
+  module, _, params, enc, dec, _, full = t5_net
+  for scan, remat in ((True, "full"), (False, "dots_saveable")):
+    config = dataclasses.replace(module.config, scan_layers=scan, remat_policy=remat)
+    other = t5.Transformer(config)
+    boxed = _init(other, enc, dec, dec, enable_dropout=False)["params"]
+    _check_logical_axes(boxed)
+    mapped = _stack_layers(params) if scan else params
+    assert jax.tree.map(np.shape, nn.meta.unbox(boxed)) == jax.tree.map(np.shape, mapped)
+    if scan:
+      assert boxed["encoder"]["layers"]["attention"]["query"]["kernel"].names[0] == "layers"
+    logits = jax.jit(lambda p: other.apply({"params": p}, enc, dec, dec, enable_dropout=False))(mapped)
+    assert _max_diff(logits, full) < 1e-5
+  with pytest.raises(ValueError, match="unknown remat_policy 'sometimes'"):
+    t5.Transformer(dataclasses.replace(module.config, remat_policy="sometimes")).init(
+        jax.random.PRNGKey(0), enc, dec, dec, enable_dropout=False)
+
+
+# ---- Decoder-only ---------------------------------------------------------------------------------
+
+DECODER_VARIANTS = {
+    # PaLM: parallel block, multi-query, tied + scaled logits.
+    "palm_mqa": {},
+    # Llama: sequential block, grouped-query (2 kv heads for 4 query heads), untied head, scanned.
+    "llama_gqa_scanned": dict(parallel_block=False, num_kv_heads=2, logits_via_embedding=False,
+                              scale_tied_logits=False, layer_norm_epsilon=1e-5, rope_theta=500.0,
+                              scan_layers=True, remat_policy="full"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(DECODER_VARIANTS))
+def lm_net(request):
+  config = dataclasses.replace(configs.CONFIGS["decoder_tiny"], vocab_size=VOCAB,
+                               **DECODER_VARIANTS[request.param])
+  module = decoder.DecoderOnly(config)
+  tokens = _tokens(np.random.default_rng(2), (2, 7))
+  variables = _init(module, tokens, tokens, enable_dropout=False)
+  params = jax.tree.map(lambda x: x * 2.0, nn.meta.unbox(variables["params"]))
+  return module, variables, params, tokens
+
+
+def test_decoder_params_and_logical_axes(lm_net):
+  module, variables, params, tokens = lm_net
+  _check_logical_axes(variables["params"])
+  cfg = module.config
+  stack = params["decoder"]["layers"] if cfg.scan_layers else params["decoder"]["layers_0"]
+  lead = (cfg.num_layers,) if cfg.scan_layers else ()
+  assert stack["self_attention"]["key"]["kernel"].shape == lead + (32, cfg.num_kv_heads, 8)
+  assert stack["self_attention"]["query"]["kernel"].shape == lead + (32, 4, 8)
+  assert ("pre_mlp_layer_norm" in stack) == (not cfg.parallel_block)
+  assert ("logits_dense" in params["decoder"]) == (not cfg.logits_via_embedding)
+  logits = jax.eval_shape(functools.partial(module.apply, enable_dropout=False),
+                          {"params": params}, tokens, tokens)
+  assert logits.shape == (2, 7, VOCAB) and logits.dtype == jnp.float32
+
+
+def test_decoder_cached_decoding_and_prefill_equal_full_forward(lm_net):
+  module, _, params, tokens = lm_net
+  batch, length = tokens.shape
+  prefix = np.zeros_like(tokens)
+  prefix[:, :4] = 1  # the first 4 positions attend bidirectionally (prefix-LM)
+  full_apply = jax.jit(lambda ca: module.apply({"params": params}, tokens, tokens,
+                                               decoder_causal_attention=ca, enable_dropout=False))
+  causal, prefix_lm = np.asarray(full_apply(None)), np.asarray(full_apply(prefix))
+  assert _max_diff(causal[:, 4:], prefix_lm[:, 4:]) > 1e-4  # the prefix changes what follows
+  cache0 = _init(module, tokens, tokens, enable_dropout=False, decode=True)["cache"]
+
+  @jax.jit
+  def step(cache, token):
+    logits, new = module.apply({"params": params, "cache": cache}, token, token,
+                               enable_dropout=False, decode=True, mutable=["cache"])
+    return logits[:, 0], new["cache"]
+
+  cache, stepped = cache0, []
+  for i in range(length):
+    logits, cache = step(cache, tokens[:, i:i + 1])
+    stepped.append(logits)
+  assert _max_diff(np.stack(stepped, 1), causal) < 1e-5
+
+  prompt_logits, variables = jax.jit(functools.partial(
+      module.apply, enable_dropout=False, decode=True, prefill=True, mutable=["cache"]))(
+          {"params": params, "cache": cache0}, tokens[:, :4], tokens[:, :4],
+          decoder_causal_attention=prefix[:, :4])
+  assert _max_diff(prompt_logits, prefix_lm[:, :4]) < 1e-5
+  cache = variables["cache"]
+  for i in range(4, length):
+    logits, cache = step(cache, tokens[:, i:i + 1])
+    assert _max_diff(logits, prefix_lm[:, i]) < 1e-5
+
+
+def test_decoder_packing_isolates_segments(lm_net):
+  module, _, params, _ = lm_net
+  rng = np.random.default_rng(4)
+  a, b = _tokens(rng, (1, 3)), _tokens(rng, (1, 4))
+  apply = lambda t, **kw: np.asarray(jax.jit(functools.partial(
+      module.apply, enable_dropout=False))({"params": params}, t, t, **kw))
+  packed = apply(np.concatenate([a, b], 1), decoder_segment_ids=np.array([[1, 1, 1, 2, 2, 2, 2]]),
+                 decoder_positions=np.array([[0, 1, 2, 0, 1, 2, 3]]))
+  assert _max_diff(packed[:, 3:], apply(b)) < 1e-5
+
+
+# ---- Position encodings ---------------------------------------------------------------------------
+
+def test_relative_position_buckets():
+  bucket = lambda rel, bidirectional: np.asarray(layers.relative_position_bucket(
+      jnp.array(rel), bidirectional=bidirectional, num_buckets=32, max_distance=128)).tolist()
+  # memory - query: keys before the query are negative; bidirectional gives keys after 16..31.
+  assert bucket([0, -1, -7, -8, -15, -16, -127, -500], True) == [0, 1, 7, 8, 9, 10, 15, 15]
+  assert bucket([1, 7, 8, 500], True) == [17, 23, 24, 31]
+  assert bucket([0, -1, -15, -16, -31, -32, -127, -128, -1000, 5], False) == \
+      [0, 1, 15, 16, 21, 21, 31, 31, 31, 0]
+
+
+def test_rope_rotates_halves_like_hugging_face():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2, 5, 3, 8)).astype(np.float32)
+  positions = np.array([[0, 1, 2, 3, 4], [7, 8, 9, 0, 1]])
+  inv_freq = 1.0 / (10000.0 ** (np.arange(0, 8, 2) / 8))
+  angles = positions[..., None] * inv_freq
+  emb = np.concatenate([angles, angles], -1)[:, :, None, :]
+  rotate_half = np.concatenate([-x[..., 4:], x[..., :4]], -1)
+  expected = x * np.cos(emb) + rotate_half * np.sin(emb)
+  assert _max_diff(layers.apply_rope(jnp.array(x), jnp.array(positions), 10000.0), expected) < 1e-5
+
+
+# ---- Configs and gin ------------------------------------------------------------------------------
+
+def test_model_gin_files_bind_model_config(repo_root):
+  gin.clear_config()
+  try:
+    gin.parse_config_files_and_bindings(
+        [str(repo_root / "gin" / "models" / "flan_t5_small.gin")],
+        ["configs.model_config.overrides = {'scan_layers': True}"])
+    config = gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+  assert config == dataclasses.replace(configs.CONFIGS["flan_t5_small"], scan_layers=True)
+  for name in configs.CONFIGS:
+    assert f"'{name}'" in (repo_root / "gin" / "models" / f"{name}.gin").read_text()
+  with pytest.raises(ValueError, match=r"unknown model config 'flan_t5_smal'; did you mean flan_t5_small"):
+    configs.model_config("flan_t5_smal")
+  with pytest.raises(ValueError, match=r"names \['emb'\], which T5Config does not have"):
+    configs.model_config("flan_t5_small", {"emb": 3})
+
+
+def test_gqa_requires_divisible_heads():
+  module = decoder.DecoderOnly(dataclasses.replace(configs.CONFIGS["decoder_tiny"], num_kv_heads=3))
+  with pytest.raises(ValueError, match="num_heads=4 is not a multiple of num_kv_heads=3"):
+    jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32),
+                                       enable_dropout=False))
