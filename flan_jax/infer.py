@@ -152,7 +152,8 @@ def main() -> None:
   try:
     count = infer(**overrides)
   except (InputError, FileNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+    # gin appends "In call to configurable ..." lines; the first line is the message.
+    raise SystemExit(f"error: {str(e).splitlines()[0]}") from None
   print(f"wrote {count} lines")
 
 
