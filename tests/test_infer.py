@@ -8,6 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import require_shared_data
 
 from flan_jax import api, infer, model_dir as model_dir_lib
 from flan_jax import models
@@ -78,6 +79,16 @@ def test_api_score_is_target_log_likelihood(loaded):
     loaded.score(PROMPTS, ["yes"])
 
 
+def test_load_t5x_checkpoint_through_the_converter_hook():
+  """`flan_jax.load` hands non-flan_jax directories to flan_jax.convert.auto.load_any."""
+  import flan_jax  # pylint: disable=import-outside-toplevel
+  path = require_shared_data("t5x_checkpoints", "test_t5_tiny.checkpoint_0")
+  loaded = flan_jax.load(path, batch_size=8)
+  assert isinstance(loaded.model, model_lib.EncoderDecoderModel)
+  assert isinstance(loaded.generate("hello world", max_decode_length=4), str)
+  assert loaded.score(["hello"], ["world"])[0] < 0
+
+
 def test_infer_score_mode_and_text_input(model_dir, tmp_path):
   pairs = tmp_path / "pairs.jsonl"
   pairs.write_text("\n".join(json.dumps({"inputs": p, "targets": "yes", "id": i})
@@ -131,7 +142,7 @@ def test_readme_command_runs(model_dir, repo_root, tmp_path):
   args = command.replace("\\\n", " ").split()
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("".join(json.dumps({"inputs": p}) + "\n" for p in PROMPTS))
-  args = [a.replace("MODEL_DIR", str(model_dir)) for a in args]
+  args = [a.replace("MODEL_DIR", str(model_dir)) for a in args] + ["--gin.infer.batch_size=4"]
   result = _run_cli(args, tmp_path)
   assert result.returncode == 0, result.stderr[-2000:]
   rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
