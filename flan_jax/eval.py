@@ -47,7 +47,11 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Prompts per device batch
 _MODEL_NAME = flags.DEFINE_string("model_name", None, "Row name in table.md (default: checkpoint name).")
 
 
-class PredictionsFileError(ValueError):
+class BenchmarkInputError(ValueError):
+  """A command-line input (predictions file, checkpoint path) is wrong; the message says how."""
+
+
+class PredictionsFileError(BenchmarkInputError):
   """The --predictions file is malformed or names examples that are not in the suite."""
 
 
@@ -97,6 +101,9 @@ def model_predictions(model_path: str, examples: Sequence[benchmarks.Example], *
                       rank: bool, decode_overrides: dict) -> dict[str, list[str]]:
   """Loads the model (flan_jax.api.load) and predicts every example."""
   from flan_jax import api  # pylint: disable=import-outside-toplevel
+  if not Path(model_path).exists():
+    raise BenchmarkInputError(f"--checkpoint {model_path} does not exist: pass a model directory "
+                              f"(flan_jax, T5X or Hugging Face).")
   model = api.load(model_path)
   predictions: dict[str, list[str]] = {}
   to_decode = list(examples)
@@ -112,14 +119,15 @@ def model_predictions(model_path: str, examples: Sequence[benchmarks.Example], *
 
 def main() -> None:
   suite = _SUITE.value
-  examples = limit_per_task(benchmarks.load_suite(suite, _DATA_DIR.value), _MAX_EXAMPLES.value)
+  all_examples = benchmarks.load_suite(suite, _DATA_DIR.value)
+  examples = limit_per_task(all_examples, _MAX_EXAMPLES.value)
   if _DUMP.value:
     dump_prompts(examples, Path(_DUMP.value))
     print(f"wrote {len(examples)} prompts to {_DUMP.value}")
   if _PREDICTIONS.value and _CHECKPOINT.value:
     raise SystemExit("error: pass either --predictions or --checkpoint, not both.")
   if _PREDICTIONS.value:
-    predictions = read_predictions(Path(_PREDICTIONS.value), {e.id for e in examples}, suite)
+    predictions = read_predictions(Path(_PREDICTIONS.value), {e.id for e in all_examples}, suite)
     model_name = _MODEL_NAME.value or Path(_PREDICTIONS.value).stem
   elif _CHECKPOINT.value:
     if not _OUTPUT_DIR.value:
@@ -146,7 +154,7 @@ def main() -> None:
 def _main_with_errors() -> None:
   try:
     main()
-  except (benchmarks.BenchmarkDataError, PredictionsFileError) as e:
+  except (benchmarks.BenchmarkDataError, BenchmarkInputError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
 
 
