@@ -230,7 +230,7 @@ class MultiHeadAttention(nn.Module):
   `scale_logits=False` is T5's convention (the 1/sqrt(head_dim) lives in the query initializer);
   the decoder-only models scale explicitly. RoPE (`rope_theta`) assumes self-attention.
   With `decode=True` keys/values go to the `cache` collection (`cached_key`, `cached_value`
-  [batch, cache_length, kv_heads, head_dim] and the scalar `cache_index`): the first
+  [batch, cache_length, kv_heads, head_dim] and `cache_index` [batch]): the first
   (initializing) call sizes the cache and attends as in training; later calls take one token
   each, or, with `prefill=True`, a whole prompt written from position 0.
   """
@@ -280,8 +280,10 @@ class MultiHeadAttention(nn.Module):
       cache_shape = (batch, max_decode_length or key.shape[1], self.num_kv_heads, self.head_dim)
       cached_key = self.variable("cache", "cached_key", jnp.zeros, cache_shape, self.dtype)
       cached_value = self.variable("cache", "cached_value", jnp.zeros, cache_shape, self.dtype)
-      cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-    start = cache_index.value if stepping and not prefill else 0
+      # One (equal) entry per row, so code that reorders cache rows (beam search) treats every
+      # cache leaf alike, with or without a leading scanned-layers axis.
+      cache_index = self.variable("cache", "cache_index", jnp.zeros, (batch,), jnp.int32)
+    start = cache_index.value[0] if stepping and not prefill else 0
     if self.rope_theta is not None:
       if query_positions is None:
         query_positions = jnp.broadcast_to(start + jnp.arange(q_len), (batch, q_len))
@@ -294,7 +296,7 @@ class MultiHeadAttention(nn.Module):
           cached_key.value, key.astype(self.dtype), (0, start, 0, 0))
       cached_value.value = jax.lax.dynamic_update_slice(
           cached_value.value, value.astype(self.dtype), (0, start, 0, 0))
-      cache_index.value = jnp.asarray(start + q_len, jnp.int32)
+      cache_index.value = jnp.full((batch,), start + q_len, jnp.int32)
       key, value = cached_key.value, cached_value.value
       key_pos = jnp.arange(cache_len)
       if prefill:
