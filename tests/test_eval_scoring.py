@@ -190,3 +190,22 @@ def test_self_consistency_majority_vote_and_ties():
   assert scoring.majority_vote(["", ""]) == ""
   assert scoring.score_example(example, ["Die Antwort ist 12.", "Die Antwort ist 11."]).correct == 0.0
   assert scoring.score_example(example, []).correct == 0.0
+
+
+def test_seqio_tasks_use_the_same_prompts_and_metrics(suites):
+  from flan_jax.tasks import benchmarks as benchmark_tasks  # pylint: disable=import-outside-toplevel
+  import seqio  # pylint: disable=import-outside-toplevel
+  assert len(benchmark_tasks.BENCHMARK_TASKS) == 2 * 57 + 2 * 27 + 9 + 10 + 1
+  task = seqio.get_mixture_or_task("tydiqa_korean")
+  rows = list(task.get_dataset(None, split="validation", shuffle=False).as_numpy_iterator())
+  expected = _by_task(suites["tydiqa"])["korean"]
+  assert [r["inputs_pretokenized"].decode() for r in rows] == [e.inputs for e in expected]
+  assert rows[0]["_task_name"] == b"tydiqa_korean" and rows[0]["_template_type"] == b"fs_noopt"
+  golds = [task.postprocess_fn(r["targets_pretokenized"].decode(), example=r, is_target=True)
+           for r in rows]
+  assert [g for g in golds] == [e.answers for e in expected]
+  metric = task.metric_fns[0]
+  assert metric(golds, [g[-1] for g in golds]) == {"accuracy": 100.0, "f1": 100.0}
+  bbh = seqio.get_mixture_or_task("bbh_cot_ruin_names")
+  targets = [(e.targets,) for e in _by_task(suites["bbh_cot"])["ruin_names"]]
+  assert bbh.metric_fns[0](targets, [f"So the answer is {t[0]}." for t in targets]) == {"accuracy": 100.0}
