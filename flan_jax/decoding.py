@@ -158,7 +158,7 @@ def _gather_cache(cache: Any, beam_indices: jax.Array, beams: int, axis: int) ->
   batch, new_beams = beam_indices.shape
 
   def one(leaf):
-    if leaf.ndim == 0:
+    if leaf.ndim <= axis:  # cache indices: scalars, or one per stacked layer
       return leaf
     moved = jnp.moveaxis(leaf, axis, 0)
     split = moved.reshape((batch, beams) + moved.shape[1:])

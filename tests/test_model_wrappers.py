@@ -199,3 +199,19 @@ def test_prefix_lm_cached_decoding_equals_full_forward(lm):
     np.testing.assert_array_equal(decoded[row], expected)
   scores = np.asarray(model.score_batch(params, model.make_batch(prompts, [[3, 1]] * 3, 8, 4)))
   assert scores.shape == (3,) and np.all(scores < 0)
+
+
+def test_beam_search_reorders_a_scanned_cache(t5):
+  """With scan_layers the cache leaves carry a leading layer axis; beams must match the unscanned net."""
+  model, params, batch = t5
+  scanned = model_lib.EncoderDecoderModel(dataclasses.replace(model.config, scan_layers=True), _IdVocab())
+  stacked = dict(params)
+  for stack in ("encoder", "decoder"):
+    layer_names = sorted(k for k in params[stack] if k.startswith("layers_"))
+    stacked[stack] = {k: v for k, v in params[stack].items() if not k.startswith("layers_")}
+    stacked[stack]["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                            *[params[stack][k] for k in layer_names])
+  kwargs = dict(decode_method="beam", beam_size=3, num_decodes=3, max_decode_length=6)
+  expected = np.asarray(model.predict_batch(params, batch, **kwargs))
+  assert len({tuple(row) for row in expected.reshape(-1, 6)[:, :5].tolist()}) > 4  # beams diverge
+  np.testing.assert_array_equal(np.asarray(scanned.predict_batch(stacked, batch, **kwargs)), expected)
