@@ -96,6 +96,8 @@ def resolve_gin_file(name: str, search_paths: Sequence[str] = ()) -> Path:
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
               search_paths: Sequence[str] = (), finalize: bool = True) -> None:
   """Parses gin files and bindings; raises GinConfigError with one clear line on any mistake."""
+  if not gin_files and not gin_bindings:
+    return  # Nothing to bind: spares eval/infer the TensorFlow import that configurables brings.
   # Registers every configurable that a gin file may name.
   import flan_jax.configurables  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
@@ -148,7 +150,7 @@ def _explain_gin_error(error: Exception, bindings: Sequence[str]) -> str:
   match = re.search(r"No configurable matching '([^']+)'", str(error))
   if match:
     name = match.group(1)
-    known = sorted({k[1].split(".")[-1] for k in gin.config._REGISTRY})  # pylint: disable=protected-access
+    known = sorted({selector.split(".")[-1] for selector, _ in gin.config._REGISTRY.items()})  # pylint: disable=protected-access
     close = difflib.get_close_matches(name.split(".")[-1], known, n=3)
     hint = f" Close configurables: {', '.join(close)}." if close else ""
     return f"bad gin binding: no configurable named '{name}'.{hint}"
