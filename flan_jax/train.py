@@ -13,6 +13,12 @@ SIGTERM (TPU preemption) saves at the current step and exits cleanly.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":
+  # `python -m flan_jax.train` runs the importable module's main: gin must see one `train`
+  # (flan_jax.train.train, which flan_jax.configurables imports), not a second copy in __main__.
+  from flan_jax import gin_utils as _gin_utils, train as _train_module
+  _gin_utils.run(_train_module.main)
+
 import dataclasses
 import json
 import time
@@ -23,7 +29,7 @@ from typing import Any
 import gin
 import jax
 import numpy as np
-from absl import logging
+from absl import flags, logging
 from jax.experimental import multihost_utils
 
 from flan_jax import checkpoints, gin_utils, metrics, model_dir as model_dir_lib, partitioning
@@ -52,8 +58,8 @@ def build_model(config: Any = gin.REQUIRED, vocabulary: str = "t5",
 
   Args:
     config: network configuration.
-    vocabulary: 'demo' (the demo SentencePiece model), 't5' (the T5 / Flan-T5 one) or a path to
-      a SentencePiece model.
+    vocabulary: 'demo' (the demo SentencePiece model; the embedding is resized to it), 't5' (the
+      T5 / Flan-T5 one) or a path to a SentencePiece model.
     dropout_rate: overrides config.dropout_rate (run gins bind it to DROPOUT_RATE).
   """
   from flan_jax import models  # pylint: disable=import-outside-toplevel
@@ -62,10 +68,16 @@ def build_model(config: Any = gin.REQUIRED, vocabulary: str = "t5",
     config = dataclasses.replace(config, dropout_rate=dropout_rate)
   if vocabulary == "demo":
     vocab_obj = vocab.demo_vocabulary()
+    # The demo vocabulary is tiny: size the embedding to it (padded to a multiple of 128).
+    config = dataclasses.replace(config, vocab_size=-(-vocab_obj.vocab_size // 128) * 128)
   elif vocabulary == "t5":
     vocab_obj = vocab.t5_vocabulary()
   else:
     vocab_obj = vocab.t5_vocabulary(vocabulary)
+  if config.vocab_size < vocab_obj.vocab_size:
+    raise ValueError(f"the model's vocab_size {config.vocab_size} is smaller than the vocabulary "
+                     f"'{vocabulary}' ({vocab_obj.vocab_size} ids); pick a matching model gin or "
+                     f"vocabulary")
   return models.build_model_from_config(config, vocab_obj)
 
 
@@ -359,6 +371,8 @@ def _initial_state(trainer: Trainer, ckpt: checkpoints.Checkpointer, initial_che
 
 
 def main() -> None:
+  if not flags.FLAGS["verbosity"].present:  # Orbax and seqio log every step at INFO
+    logging.set_verbosity(logging.WARNING)
   start = time.time()
   try:
     train()
@@ -369,6 +383,3 @@ def main() -> None:
     raise
   logging.info("training finished in %.0f s", time.time() - start)
 
-
-if __name__ == "__main__":
-  gin_utils.run(main)
