@@ -204,4 +204,5 @@ def run(main: Callable[[], object]) -> None:
       raise SystemExit(f"error: {e}\nRun with --help for the flags.") from None
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   app.run(_main, flags_parser=_parse)
