@@ -16,7 +16,6 @@ import jax.numpy as jnp
 
 from flan_jax.models import layers
 from flan_jax.models.configs import DecoderConfig
-from flan_jax.models.t5 import run_layers
 
 Array = jax.Array
 
@@ -60,7 +59,7 @@ class _Stack(nn.Module):
                decode: bool, prefill: bool, max_decode_length: int | None) -> Array:
     cfg = self.config
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
-    x = run_layers(cfg, DecoderOnlyLayer, cfg.num_layers, x, (mask, positions),
+    x = layers.run_layers(cfg, DecoderOnlyLayer, cfg.num_layers, x, (mask, positions),
                    deterministic=deterministic, decode=decode, prefill=prefill,
                    max_decode_length=max_decode_length)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, layers.as_dtype(cfg.dtype), name="decoder_norm")(x)

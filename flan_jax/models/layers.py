@@ -215,11 +215,34 @@ def causal_mask(batch: int, length: int) -> Array:
   return jnp.broadcast_to(idx[None, :] <= idx[:, None], (batch, length, length))
 
 
-def combine_masks(*masks: Array | None) -> Array | None:
-  present = [m for m in masks if m is not None]
-  if not present:
-    return None
-  return functools.reduce(jnp.logical_and, present)
+# ---- Layer stacks ---------------------------------------------------------------------------------
+
+def run_layers(parent_cfg: Any, layer_cls: type[nn.Module], num_layers: int, x: Array,
+               args: tuple, **layer_kwargs: Any) -> Array:
+  """Applies `num_layers` layers named layers_0.. or, with scan_layers, one scanned `layers` stack
+  (params and cache stacked on a leading 'layers' axis), rematerialized per `remat_policy`.
+
+  `layer_cls(config, **layer_kwargs)(x, *args)` must return `(x, None)` (the scan carry); `args`
+  are the same for every layer. Call it inside a compact method.
+  """
+  remat = parent_cfg.remat_policy
+  if remat not in ("none", *REMAT_POLICIES):
+    raise ValueError(f"unknown remat_policy {remat!r}; use 'none' or one of "
+                     f"{sorted(REMAT_POLICIES)}")
+  cls = layer_cls
+  if remat != "none":
+    cls = nn.remat(layer_cls, policy=REMAT_POLICIES[remat],
+                   prevent_cse=not parent_cfg.scan_layers)
+  if parent_cfg.scan_layers:
+    scanned = nn.scan(cls, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast,) * len(args), length=num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+    x, _ = scanned(parent_cfg, name="layers", **layer_kwargs)(x, *args)
+    return x
+  for i in range(num_layers):
+    x, _ = cls(parent_cfg, name=f"layers_{i}", **layer_kwargs)(x, *args)
+  return x
 
 
 # ---- Attention ------------------------------------------------------------------------------------

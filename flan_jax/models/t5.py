@@ -6,8 +6,6 @@ Masks follow Hugging Face T5: encoder self-attention and cross-attention skip pa
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -73,29 +71,6 @@ class DecoderLayer(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
 
 
-def run_layers(parent_cfg: Any, layer_cls: type[nn.Module], num_layers: int, x: Array,
-               args: tuple, **layer_kwargs: Any) -> Array:
-  """Applies `num_layers` layers named layers_0.. or, with scan_layers, one scanned `layers` stack
-  (params and cache stacked on a leading 'layers' axis). Must be called inside a compact method."""
-  remat = parent_cfg.remat_policy
-  if remat not in ("none", *layers.REMAT_POLICIES):
-    raise ValueError(f"unknown remat_policy {remat!r}; use 'none' or one of "
-                     f"{sorted(layers.REMAT_POLICIES)}")
-  cls = layer_cls
-  if remat != "none":
-    cls = nn.remat(layer_cls, policy=layers.REMAT_POLICIES[remat], prevent_cse=not parent_cfg.scan_layers)
-  if parent_cfg.scan_layers:
-    scanned = nn.scan(cls, variable_axes={"params": 0, "cache": 0},
-                      split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast,) * len(args), length=num_layers,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = scanned(parent_cfg, name="layers", **layer_kwargs)(x, *args)
-    return x
-  for i in range(num_layers):
-    x, _ = cls(parent_cfg, name=f"layers_{i}", **layer_kwargs)(x, *args)
-  return x
-
-
 class Encoder(nn.Module):
   config: T5Config
 
@@ -112,7 +87,7 @@ class Encoder(nn.Module):
     if segment_ids is not None:
       mask = jnp.logical_and(mask, layers.segment_mask(segment_ids, segment_ids))
     x = _dropout(cfg, embedded, deterministic)
-    x = run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x, (mask, bias),
+    x = layers.run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x, (mask, bias),
                    deterministic=deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, layers.as_dtype(cfg.dtype), name="encoder_norm")(x)
     return _dropout(cfg, x, deterministic)
@@ -143,7 +118,7 @@ class Decoder(nn.Module):
         cross_mask = jnp.logical_and(cross_mask, layers.segment_mask(decoder_segment_ids,
                                                                      encoder_segment_ids))
     x = _dropout(cfg, embedded, deterministic)
-    x = run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, x,
+    x = layers.run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, x,
                    (encoded, self_mask, cross_mask, bias), deterministic=deterministic,
                    decode=decode, max_decode_length=max_decode_length)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, layers.as_dtype(cfg.dtype), name="decoder_norm")(x)
