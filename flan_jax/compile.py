@@ -31,7 +31,7 @@ from typing import Any
 import gin
 import jax
 import numpy as np
-from absl import flags
+from absl import app, flags
 
 from flan_jax import gin_utils, partitioning, roofline
 from flan_jax.trainer import Trainer, estimate_flops_per_example
@@ -55,21 +55,36 @@ class TrainSetup:
   pack: bool = True
 
 
+def _train_binding(name: str, default: Any = None) -> Any:
+  """`train.<name>` as bound by the parsed gin files, references (macros, @fn()) evaluated."""
+  from gin import config as gin_config  # pylint: disable=import-outside-toplevel
+  try:
+    value = gin.query_parameter(f"train.{name}")
+  except ValueError:
+    return default
+  def resolve(v):
+    if isinstance(v, gin_config.ConfigurableReference):
+      return resolve(v.scoped_configurable_fn() if v.evaluate else v.scoped_configurable_fn)
+    if isinstance(v, dict):
+      return {k: resolve(x) for k, x in v.items()}
+    return v
+  return resolve(value)
+
+
 def setup_from_gin() -> TrainSetup:
-  """Reads the `train` bindings of the parsed gin config (references evaluated once)."""
-  from flan_jax import train as train_lib  # pylint: disable=import-outside-toplevel
-  bindings = gin.get_bindings(train_lib.train)
-  missing = [k for k in ("model", "batch_size", "task_feature_lengths") if k not in bindings]
+  """Reads the `train` bindings that matter for one step (MODEL_DIR, TRAIN_STEPS are not needed)."""
+  values = {k: _train_binding(k) for k in ("model", "batch_size", "task_feature_lengths")}
+  missing = [k for k, v in values.items() if v is None]
   if missing:
-    raise ValueError(f"the gin files bind no train.{', train.'.join(missing)}; pass a run gin "
-                     f"(--gin_file=runs/finetune.gin) and a model gin (--gin_file=models/...)")
-  if bindings.get("optimizer") is None:
+    raise ValueError(f"the gin files bind no train.{', train.'.join(missing)}; pass a model gin "
+                     f"and a run gin, e.g. --gin_file=models/flan_t5_xxl.gin --gin_file=runs/finetune.gin")
+  optimizer = _train_binding("optimizer")
+  if optimizer is None:
     from flan_jax.optim import adafactor  # pylint: disable=import-outside-toplevel
-    bindings["optimizer"] = adafactor()
-  return TrainSetup(bindings["model"], bindings["optimizer"], int(bindings["batch_size"]),
-                    dict(bindings["task_feature_lengths"]),
-                    int(bindings.get("num_microbatches", 1)),
-                    bindings.get("loss_normalization", "tokens"), bool(bindings.get("pack", True)))
+    optimizer = adafactor()
+  return TrainSetup(values["model"], optimizer, int(values["batch_size"]),
+                    dict(values["task_feature_lengths"]), int(_train_binding("num_microbatches", 1)),
+                    _train_binding("loss_normalization", "tokens"), bool(_train_binding("pack", True)))
 
 
 def input_specs(model: Any, task_feature_lengths: Mapping[str, int], batch_size: int,
@@ -96,6 +111,12 @@ def compile_step(setup: TrainSetup, mesh: jax.sharding.Mesh, model: Any | None =
   return compiled, trainer
 
 
+def _progress(message: str) -> None:
+  """Progress on stderr: big compiles take minutes on a busy CPU."""
+  sys.stderr.write(f"[compile {time.strftime('%H:%M:%S')}] {message}\n")
+  sys.stderr.flush()
+
+
 def _layer_fields(config: Any) -> list[str]:
   if not dataclasses.is_dataclass(config):
     return []
@@ -104,7 +125,7 @@ def _layer_fields(config: Any) -> list[str]:
           and not isinstance(getattr(config, f.name), bool)]
 
 
-def _costs(compiled: Any) -> np.ndarray:
+def step_costs(compiled: Any) -> np.ndarray:
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return np.array([float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0)),
@@ -122,16 +143,18 @@ def extrapolated_costs(setup: TrainSetup, mesh: jax.sharding.Mesh,
   fields = _layer_fields(config)
   if not fields:
     compiled, _ = compile_step(setup, mesh)
-    return _costs(compiled), 1
+    return step_costs(compiled), 1
   if rebuild is None:
     from flan_jax import models  # pylint: disable=import-outside-toplevel
     rebuild = lambda c: models.build_model_from_config(c, setup.model.vocabulary)
   unscanned = {"scan_layers": False} if hasattr(config, "scan_layers") else {}
   ones = {f: 1 for f in fields}
-  base = _costs(compile_step(setup, mesh, rebuild(dataclasses.replace(config, **unscanned, **ones)))[0])
+  _progress(f"cost compiles: unscanned with 1 layer per stack, then 2 in each of {fields}")
+  base = step_costs(compile_step(setup, mesh, rebuild(dataclasses.replace(config, **unscanned, **ones)))[0])
   total = base.copy()
   for field in fields:
-    two = _costs(compile_step(setup, mesh, rebuild(
+    _progress(f"cost compile: 2 layers in {field}")
+    two = step_costs(compile_step(setup, mesh, rebuild(
         dataclasses.replace(config, **unscanned, **{**ones, field: 2})))[0])
     total += (getattr(config, field) - 1) * (two - base)
   return total, 1 + len(fields)
@@ -186,9 +209,11 @@ def analyze(setup: TrainSetup, topology: str = "cpu", mesh_shape: Mapping[str, i
     devices, chip, name, num_chips = roofline.tpu_devices(topo), topo.chip, topo.libtpu_name, topo.num_chips
   mesh = partitioning.create_mesh(devices=devices, **dict(mesh_shape or {}))
   start = time.time()
+  _progress(f"compiling the train step for {name} ({len(devices)} devices, mesh {dict(mesh.shape)})")
   compiled, trainer = compile_step(setup, mesh)
   compile_s = time.time() - start
   memory = _memory(compiled)
+  own_count = step_costs(compiled)  # what XLA reports for the real step (scans counted once)
   (xla_flops, hbm_moved, comm), num_compiles = extrapolated_costs(setup, mesh, rebuild)
   config = getattr(setup.model, "config", None)
   tokens = setup.batch_size * sum(setup.task_feature_lengths.values())
@@ -206,6 +231,7 @@ def analyze(setup: TrainSetup, topology: str = "cpu", mesh_shape: Mapping[str, i
       "tokens_per_step": tokens, "compile_s": round(compile_s, 2), "cost_compiles": num_compiles,
       **memory, "hbm_bytes": int(chip.hbm_bytes), "fits": memory["per_chip_bytes"] <= chip.hbm_bytes,
       "model_flops_per_chip": model_flops_per_chip, "xla_flops_per_chip": float(xla_flops),
+      "xla_flops_per_chip_as_reported": float(own_count[0]),
       "hbm_bytes_moved_per_chip": float(hbm_moved), "collective_bytes_per_chip": float(comm),
       "peak_flops_per_chip": chip.peak_flops, "estimated_compute_s": line.compute_s,
       "estimated_memory_s": line.memory_s, "estimated_comm_s": line.comm_s,
@@ -244,22 +270,42 @@ def format_table(report: Mapping[str, Any]) -> str:
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def render(report: Mapping[str, Any], as_json: bool = False) -> str:
+  """The table, followed (as_json) by the whole report as one JSON object on the last line."""
+  return format_table(report) + (f"\n{json.dumps(report)}" if as_json else "")
+
+
 def main() -> None:
   mesh_shape = _parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
   report = analyze(setup_from_gin(), FLAGS.topology, mesh_shape, FLAGS.cpu_peak_flops)
-  print(format_table(report))
-  if FLAGS.json:
-    print(json.dumps(report))
+  print(render(report, FLAGS.json))
 
 
-def _run() -> None:
-  try:
-    main()
-  except (ValueError, RuntimeError) as e:
-    if isinstance(e, gin_utils.GinConfigError) or gin_utils.explain_missing_required(e):
-      raise
-    sys.exit(f"error: {str(e).splitlines()[0]}")
+def run() -> None:
+  """Like gin_utils.run, but gin is not finalized: MODEL_DIR / TRAIN_STEPS may stay unset here."""
+  gin_utils.define_gin_flags()
+
+  def _main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    try:
+      gin_utils.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, finalize=False)
+      main()
+    except gin_utils.GinConfigError as e:
+      raise SystemExit(f"error: {e}") from None
+    except (ValueError, RuntimeError) as e:
+      line = gin_utils.explain_missing_required(e) or str(e).splitlines()[0]
+      raise SystemExit(f"error: {line}") from None
+
+  def _parse(argv: Sequence[str]) -> list[str]:
+    try:
+      return FLAGS(gin_utils.rewrite_gin_args(argv))
+    except (gin_utils.GinConfigError, flags.Error) as e:
+      raise SystemExit(f"error: {e}") from None
+
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  app.run(_main, flags_parser=_parse)
 
 
 if __name__ == "__main__":
-  gin_utils.run(_run)
+  run()
