@@ -177,6 +177,12 @@ def test_prefix_lm_batch_layout(lm):
                                 [[1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]])
 
 
+def test_prompt_that_fills_input_length_keeps_every_token(lm):
+  model, _ = lm
+  batch = model.make_batch([[5, 6, 7, 1], [7, 1]], None, 4, 0)
+  np.testing.assert_array_equal(model_lib._prompt_lengths(batch), [4, 2])  # pylint: disable=protected-access
+
+
 def test_prefix_lm_cached_decoding_equals_full_forward(lm):
   model, params = lm
   prompts = [[5, 6, 7, 1], [8, 1], [9, 10, 11, 12, 13, 1]]

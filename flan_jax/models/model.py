@@ -339,9 +339,11 @@ class DecoderOnlyModel(BaseModel):
                  input_length: int, target_length: int) -> dict[str, np.ndarray]:
     """Unpacked PrefixLMFeatureConverter features: inputs then targets in one sequence of
     input_length + target_length tokens, loss on the targets only; without targets, the prompts
-    alone in input_length tokens (predict_batch appends room for the generated tokens)."""
+    alone in input_length + 1 tokens (predict_batch appends room for the generated tokens; the one
+    extra slot keeps a prompt that fills input_length whole, since the causal-attention mask marks
+    the prompt plus the first target position)."""
     inputs = [list(x[:input_length]) for x in inputs]
-    length = input_length + (0 if targets is None else target_length)
+    length = input_length + (1 if targets is None else target_length)
     targets = [[]] * len(inputs) if targets is None else targets
     rows = [x + list(t) for x, t in zip(inputs, targets)]
     batch = _decoder_features(_pad(rows, length))
