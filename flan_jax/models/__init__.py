@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
-
-import seqio
+from typing import TYPE_CHECKING, Any
 
 from flan_jax.model_dir import ModelSpec
+
+if TYPE_CHECKING:
+  import seqio
 
 
 def _config_class(family: str) -> type:
@@ -48,5 +49,6 @@ def build_model(spec: ModelSpec, model_dir: str | Path | None = None, **options:
   if not vocab_path.exists():
     raise FileNotFoundError(f"vocabulary {vocab_path} named by model_spec.json is missing; copy the "
                             f"SentencePiece model there (model_dir.write_spec does)")
+  import seqio  # pylint: disable=import-outside-toplevel  (TensorFlow: only when a model is built)
   vocabulary = seqio.SentencePieceVocabulary(str(vocab_path), extra_ids=spec.extra_ids)
   return build_model_from_config(config_from_dict(spec.family, spec.config), vocabulary, **options)
