@@ -82,8 +82,8 @@ def build_model(config: Any = gin.REQUIRED, vocabulary: str = "t5",
 
 
 def _model_family(model: Any) -> str:
-  name = type(getattr(model, "config", None)).__name__
-  return "decoder" if "Decoder" in name or "Decoder" in type(model).__name__ else "t5"
+  from flan_jax.models import configs  # pylint: disable=import-outside-toplevel
+  return "t5" if isinstance(model.config, configs.T5Config) else "decoder"
 
 
 class _InferenceEval:
