@@ -158,6 +158,11 @@ def _explain_gin_error(error: Exception, bindings: Sequence[str]) -> str:
   if match:
     return (f"bad gin binding: '{match.group(1)}' has no parameter '{match.group(2)}'; "
             f"check the spelling in --gin.{match.group(1)}.{match.group(2)}=... or the gin file.")
+  match = re.search(r"([A-Z][A-Z0-9_]*)/macro\.value set to `%gin\.REQUIRED`", str(error))
+  if match:
+    name = match.group(1)
+    return (f"missing required setting {name}: the gin files leave it as %gin.REQUIRED. "
+            f"Set it on the command line, e.g. --gin.{name}=..., or in a gin file.")
   if "Unable to parse" in str(error) or isinstance(error, SyntaxError):
     return f"bad gin syntax: {text} (bindings given: {list(bindings)})"
   return f"bad gin configuration: {text}"

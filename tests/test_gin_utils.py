@@ -96,3 +96,9 @@ def test_binding_an_unused_macro_is_an_error(tmp_path):
         [tmp_path / "run.gin"], ["TRAIN_STEPZ = 4"], [str(tmp_path)])
   gin_utils._check_macro_bindings(  # pylint: disable=protected-access
       [tmp_path / "run.gin"], ["TRAIN_STEPS = 4"], [str(tmp_path)])
+
+
+def test_required_macro_left_unset_names_the_flag(tmp_path):
+  (tmp_path / "run.gin").write_text("MODEL_DIR = %gin.REQUIRED\n")
+  with pytest.raises(gin_utils.GinConfigError, match="missing required setting MODEL_DIR.*--gin.MODEL_DIR="):
+    gin_utils.parse_gin([str(tmp_path / "run.gin")], [])
