@@ -27,23 +27,27 @@ from flan_jax.evaluation import report
 from flan_jax.evaluation import runner
 from flan_jax.evaluation import scoring
 
+# Flags that flan_jax.infer defines too (same names, types and defaults) may be redefined, so both
+# entry modules can be imported into one process (tests, notebooks).
+_SHARED = {"allow_override": True}
 _SUITE = flags.DEFINE_enum("suite", "paper", list(benchmarks.SUITES) + ["paper"], "Benchmark suite.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with the upstream benchmark layouts "
                                 "(default: ../shared/data when present).")
 _DUMP = flags.DEFINE_string("dump_prompts", None, "Write the prompts of the suite to this JSONL file.")
 _PREDICTIONS = flags.DEFINE_string("predictions", None, "Score the predictions in this JSONL file.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory to evaluate.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model directory to evaluate.", **_SHARED)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write results (needed with "
                                   "--checkpoint; optional with --predictions).")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Use at most this many examples per task.")
 _RANK = flags.DEFINE_bool("rank_classification", False, "Multiple-choice and two-way examples: pick "
                           "the option the model scores highest instead of decoding.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Sampled chains per example for "
-                                    "self-consistency (default 1 = greedy).")
-_TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature (self-consistency).")
-_TOPK = flags.DEFINE_integer("topk", None, "Top-k for sampling (self-consistency).")
-_MAX_DECODE = flags.DEFINE_integer("max_decode_length", None, "Longest output in tokens.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Prompts per device batch.")
+                                    "self-consistency (default 1 = greedy).", **_SHARED)
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature (self-consistency).",
+                                  **_SHARED)
+_TOPK = flags.DEFINE_integer("topk", None, "Top-k for sampling (self-consistency).", **_SHARED)
+_MAX_DECODE = flags.DEFINE_integer("max_decode_length", None, "Longest output in tokens.", **_SHARED)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Prompts per device batch.", **_SHARED)
 _MODEL_NAME = flags.DEFINE_string("model_name", None, "Row name in table.md (default: checkpoint name).")
 
 
