@@ -4,6 +4,7 @@
 so these tests pin the trainer's contract independently of the networks. Other training tests
 import it from here.
 """
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -86,7 +87,7 @@ class SumLossModel(ToyModel):
     return loss * metrics["num_tokens"] / self.loss_normalization, metrics
 
 
-def run_losses(mesh_shape, steps=6, num_microbatches=1, optimizer=None, model=None):
+def run_losses(mesh_shape, steps=20, num_microbatches=1, optimizer=None, model=None):
   mesh = partitioning.create_mesh(*mesh_shape, devices=jax.devices()[:np.prod(mesh_shape)])
   trainer = Trainer(model or ToyModel(), optimizer or optim.adafactor(1e-2), mesh, SHAPES,
                     num_microbatches=num_microbatches)
@@ -159,3 +160,51 @@ def test_non_finite_loss_error_names_the_fix():
   from flan_jax.trainer import check_finite  # pylint: disable=import-outside-toplevel
   with pytest.raises(NonFiniteLossError, match="step 7.*last good checkpoint"):
     check_finite({"loss": float("nan")}, step=7, last_checkpoint=5)
+
+
+class _EosOnlyVocab:
+  """The wrappers need only the EOS id to train."""
+  eos_id = 1
+
+
+def _t5_batches(num: int, batch_size: int = 16, seed: int = 1) -> list[dict[str, np.ndarray]]:
+  """Unpacked EncDec features: copy a random input prefix into the target."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(num):
+    inputs = rng.integers(2, 200, size=(batch_size, 16)).astype(np.int32)
+    targets = np.concatenate([inputs[:, :7], np.ones((batch_size, 1), np.int32)], axis=1)
+    out.append({"encoder_input_tokens": inputs, "decoder_target_tokens": targets,
+                "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+                "decoder_loss_weights": np.ones_like(targets)})
+  return out
+
+
+@pytest.fixture(scope="module")
+def tiny_t5_losses():
+  """Five steps of the real tiny T5 (float32) on one device and on a 2x2x2 (data, fsdp, model) mesh."""
+  from flan_jax.models import configs, model as model_lib  # pylint: disable=import-outside-toplevel
+  config = dataclasses.replace(configs.CONFIGS["flan_t5_tiny"], dtype="float32", vocab_size=256)
+  shapes = {"encoder_input_tokens": (16, 16), "decoder_input_tokens": (16, 8),
+            "decoder_target_tokens": (16, 8), "decoder_loss_weights": (16, 8)}
+  results = {}
+  for mesh_shape in [(1, 1, 1), (2, 2, 2)]:
+    mesh = partitioning.create_mesh(*mesh_shape, devices=jax.devices()[:np.prod(mesh_shape)])
+    trainer = Trainer(model_lib.EncoderDecoderModel(config, _EosOnlyVocab()), optim.adafactor(1e-2),
+                      mesh, shapes)
+    state = trainer.init_state()
+    losses = []
+    for batch in _t5_batches(5):
+      state, metrics = trainer.train_step(state, trainer.global_batch(batch))
+      losses.append(float(metrics["loss"]))
+    results[mesh_shape] = (np.array(losses), state)
+  return results
+
+
+def test_real_t5_on_a_2d_mesh_matches_one_device(tiny_t5_losses):
+  single, _ = tiny_t5_losses[(1, 1, 1)]
+  sharded, state = tiny_t5_losses[(2, 2, 2)]
+  np.testing.assert_allclose(sharded, single, rtol=1e-4)
+  assert sharded[-1] < sharded[0]
+  kernel = state.params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "model")
