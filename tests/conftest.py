@@ -44,3 +44,22 @@ def t5_vocab_path() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
   return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_model_dir(tmp_path_factory, t5_vocab_path) -> Path:
+  """A flan_jax model directory holding a randomly initialised flan_t5_tiny with the real T5
+  vocabulary: what infer, eval and the notebooks load when no trained checkpoint is needed.
+  Tests must not write into it (it is shared by the whole session)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from flan_jax import model_dir as model_dir_lib, models  # pylint: disable=import-outside-toplevel
+  from flan_jax.models import configs  # pylint: disable=import-outside-toplevel
+
+  path = tmp_path_factory.mktemp("tiny_t5")
+  spec = model_dir_lib.write_spec(path, "t5", configs.CONFIGS["flan_t5_tiny"], t5_vocab_path)
+  variables = models.build_model(spec, path).get_initial_variables(
+      jax.random.PRNGKey(0), {"encoder_input_tokens": (8, 16), "decoder_input_tokens": (8, 8)})
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "names") else x, variables["params"],
+                        is_leaf=lambda x: hasattr(x, "names"))
+  model_dir_lib.save_params(path, 0, params)
+  return path

@@ -6,25 +6,16 @@ import re
 import subprocess
 import sys
 
-import jax
 import pytest
 
-from flan_jax import api, eval as eval_cli, model_dir as model_dir_lib, models
+from flan_jax import api, eval as eval_cli
 from flan_jax.evaluation import benchmarks, runner, scoring
 from conftest import require_shared_data
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, t5_vocab_path):
-  from flan_jax.models import configs  # pylint: disable=import-outside-toplevel
-  path = tmp_path_factory.mktemp("tiny_t5")
-  spec = model_dir_lib.write_spec(path, "t5", configs.CONFIGS["flan_t5_tiny"], t5_vocab_path)
-  variables = models.build_model(spec, path).get_initial_variables(
-      jax.random.PRNGKey(0), {"encoder_input_tokens": (8, 16), "decoder_input_tokens": (8, 8)})
-  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, variables["params"],
-                        is_leaf=lambda x: hasattr(x, "names"))
-  model_dir_lib.save_params(path, 0, params)
-  return path
+def model_dir(tiny_t5_model_dir):
+  return tiny_t5_model_dir
 
 
 def _readme_commands(repo_root):

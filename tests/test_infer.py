@@ -17,24 +17,11 @@ from flan_jax.models import model as model_lib
 PROMPTS = ["Is 12 even? OPTIONS: - yes - no", "Translate to German: thank you", "2 + 2 ="]
 
 
-def tiny_t5_config():
-  from flan_jax.models import configs  # pylint: disable=import-outside-toplevel
-  return configs.CONFIGS["flan_t5_tiny"]
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, t5_vocab_path):
-  path = tmp_path_factory.mktemp("tiny_t5")
-  config = tiny_t5_config()
-  spec = model_dir_lib.write_spec(path, "t5", config, t5_vocab_path)
-  model = models.build_model(spec, path)
-  assert isinstance(model, model_lib.EncoderDecoderModel)
-  variables = model.get_initial_variables(
-      jax.random.PRNGKey(0), {"encoder_input_tokens": (8, 16), "decoder_input_tokens": (8, 8)})
-  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, variables["params"],
-                        is_leaf=lambda x: hasattr(x, "names"))
-  model_dir_lib.save_params(path, 0, params)
-  return path
+def model_dir(tiny_t5_model_dir):
+  assert isinstance(models.build_model(model_dir_lib.read_spec(tiny_t5_model_dir), tiny_t5_model_dir),
+                    model_lib.EncoderDecoderModel)
+  return tiny_t5_model_dir
 
 
 @pytest.fixture(scope="module")
