@@ -102,3 +102,10 @@ def test_required_macro_left_unset_names_the_flag(tmp_path):
   (tmp_path / "run.gin").write_text("MODEL_DIR = %gin.REQUIRED\n")
   with pytest.raises(gin_utils.GinConfigError, match="missing required setting MODEL_DIR.*--gin.MODEL_DIR="):
     gin_utils.parse_gin([str(tmp_path / "run.gin")], [])
+
+
+@pytest.mark.parametrize("run_gin", sorted(p.name for p in (gin_utils.packaged_gin_dir() / "runs").glob("*.gin")))
+def test_every_shipped_run_gin_parses_with_a_model_gin(run_gin):
+  model_gin = "models/decoder_tiny.gin" if "decoder" in run_gin else "models/flan_t5_tiny.gin"
+  gin_utils.parse_gin([model_gin, f"runs/{run_gin}"], [], finalize=False)
+  assert gin.query_parameter("train.batch_size") is not None
