@@ -92,14 +92,19 @@ def read_jsonl(path: PathLike, *, required: Sequence[str] = (), skip_malformed: 
   return rows
 
 
+def _load_json_file(path: Path, kind: str) -> Any:
+  """The parsed contents of a whole-file JSON document; bad JSON names the file and line."""
+  _require_file(path, kind)
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise MalformedRowError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from e
+
+
 def read_json_list(path: PathLike) -> list[dict[str, Any]]:
   """Rows of a file holding one JSON list of objects."""
   path = Path(path)
-  _require_file(path, "JSON")
-  try:
-    rows = json.loads(path.read_text(encoding="utf-8"))
-  except json.JSONDecodeError as e:
-    raise MalformedRowError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from e
+  rows = _load_json_file(path, "JSON")
   if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
     raise MalformedRowError(f"{path}: expected a JSON list of objects.")
   return rows
@@ -230,11 +235,7 @@ def gsm8k_source(folder: PathLike, *, num_input_examples: Optional[Mapping[str, 
 def read_niv2_task(path: PathLike) -> dict[str, Any]:
   """A Super-NaturalInstructions task file, checked for the fields the Flan templates use."""
   path = Path(path)
-  _require_file(path, "Super-NaturalInstructions task")
-  try:
-    task = json.loads(path.read_text(encoding="utf-8"))
-  except json.JSONDecodeError as e:
-    raise MalformedRowError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from e
+  task = _load_json_file(path, "Super-NaturalInstructions task")
   missing = [k for k in ("Definition", "Positive Examples", "Instances") if k not in task]
   if missing:
     raise MalformedRowError(f"{path}: not a Super-NaturalInstructions task file (missing "
