@@ -6,7 +6,10 @@ Every mistake a user can make here ends in one `GinConfigError` line that names 
 """
 from __future__ import annotations
 
+import ast
+import contextlib
 import difflib
+import logging
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -108,10 +111,33 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   if paths:
     _check_macro_bindings(paths, gin_bindings, search_paths)
   try:
-    gin.parse_config_files_and_bindings([str(p) for p in paths], list(gin_bindings),
-                                        finalize_config=finalize)
+    with _quiet_gin_include_probes():
+      gin.parse_config_files_and_bindings([str(p) for p in paths], list(gin_bindings),
+                                          finalize_config=finalize)
   except (ValueError, KeyError, SyntaxError, TypeError, ImportError) as e:
     raise GinConfigError(_explain_gin_error(e, gin_bindings)) from e
+
+
+class _DropIncludeProbes(logging.Filter):
+  """Drops gin's per-candidate 'Path not found' lines logged while it probes include locations.
+
+  gin tries every search path for an `include` and logs each miss at ERROR level, so a correct
+  config printed error lines. Misses that matter still fail the parse with a clear error.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
+
+
+@contextlib.contextmanager
+def _quiet_gin_include_probes():
+  root = logging.getLogger()
+  probe_filter = _DropIncludeProbes()
+  root.addFilter(probe_filter)
+  try:
+    yield
+  finally:
+    root.removeFilter(probe_filter)
 
 
 _MACRO_BINDING = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=")
@@ -164,8 +190,23 @@ def _explain_gin_error(error: Exception, bindings: Sequence[str]) -> str:
     return (f"missing required setting {name}: the gin files leave it as %gin.REQUIRED. "
             f"Set it on the command line, e.g. --gin.{name}=..., or in a gin file.")
   if "Unable to parse" in str(error) or isinstance(error, SyntaxError):
-    return f"bad gin syntax: {text} (bindings given: {list(bindings)})"
+    return f"bad gin syntax: {text} (bindings given: {list(bindings)}){_unquoted_string_hint(bindings)}"
   return f"bad gin configuration: {text}"
+
+
+def _unquoted_string_hint(bindings: Sequence[str]) -> str:
+  """Gin values are Python literals, so `--gin.MODEL_DIR=/tmp/run` fails: suggest the quotes."""
+  for binding in bindings:
+    key, _, value = binding.partition("=")
+    value = value.strip()
+    if not value or value[0] in "'\"@%[({" or value in ("True", "False", "None"):
+      continue
+    try:
+      ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      return (f". String values need quotes inside the flag: "
+              f"--gin.{key.strip()}=\"'{value}'\"")
+  return ""
 
 
 def explain_missing_required(error: Exception) -> str | None:

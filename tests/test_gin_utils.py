@@ -109,3 +109,21 @@ def test_every_shipped_run_gin_parses_with_a_model_gin(run_gin):
   model_gin = "models/decoder_tiny.gin" if "decoder" in run_gin else "models/flan_t5_tiny.gin"
   gin_utils.parse_gin([model_gin, f"runs/{run_gin}"], [], finalize=False)
   assert gin.query_parameter("train.batch_size") is not None
+
+
+def test_unquoted_string_binding_suggests_the_quotes(tmp_path):
+  (tmp_path / "run.gin").write_text("MODEL_DIR = None\nfinetune_dir.path = %MODEL_DIR\n")
+
+  @gin.configurable
+  def finetune_dir(path=None):  # pylint: disable=unused-variable
+    return path
+
+  with pytest.raises(gin_utils.GinConfigError, match=r"""need quotes.*--gin.MODEL_DIR="'/tmp/run'\""""):
+    gin_utils.parse_gin([str(tmp_path / "run.gin")], ["MODEL_DIR = /tmp/run"])
+
+
+def test_includes_resolved_through_search_paths_log_no_errors(caplog):
+  """gin probes each search path for `include`s; those misses must not reach the user as ERROR lines."""
+  with caplog.at_level("INFO"):
+    gin_utils.parse_gin(["models/flan_t5_tiny.gin", "runs/demo.gin"], [], finalize=False)
+  assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
