@@ -1,14 +1,19 @@
-"""A small Python API for notebooks: load a checkpoint, then generate or score text.
+"""A small Python API for notebooks: finetune, load a checkpoint, then generate or score text.
 
     import flan_jax
-    model = flan_jax.load("/path/to/model_dir")
+    model_dir = flan_jax.finetune("/tmp/demo", gin_files=["runs/demo.gin"],
+                                  bindings={"TRAIN_STEPS": 50})
+    flan_jax.read_metrics(model_dir)["train/loss"]       # [(step, loss), ...]
+    model = flan_jax.load(model_dir)
     model.generate(["Translate to German: Thank you."], decode="beam", beam_size=4)
     model.score(["Is the sky blue? OPTIONS: - yes - no"], ["yes"])
+    model.reinitialized().generate(...)                  # the untrained baseline
 
-`load` takes a flan_jax model directory (a training run or a converted checkpoint). Other layouts
-(T5X, Hugging Face) are handled by `flan_jax.convert.auto.load_any(path) -> (ModelSpec, params)`
-(the spec's vocabulary an absolute path) when that module exists; `load` calls it for any path
-that is not a flan_jax model directory.
+`finetune` runs `flan_jax.train.train` in this process with the gin files and bindings that
+`python -m flan_jax.train` would take on its command line.
+
+`load` takes a flan_jax model directory (a training run or a converted checkpoint); any other
+path (a T5X checkpoint, a Hugging Face folder) goes through `flan_jax.convert.auto.load_any`.
 
 Prompts are batched (`batch_size` rows, the last batch padded by repeating its last row), each
 batch sharded over a data-parallel mesh of all devices; the compiled step is reused for every
@@ -16,10 +21,8 @@ batch of the same shape (input lengths are rounded up to a multiple of `LENGTH_B
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,6 @@ from flan_jax import model_dir as model_dir_lib
 from flan_jax import partitioning
 
 LENGTH_BUCKET = 32
-AUTO_LOADER = "flan_jax.convert.auto"
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -130,23 +132,111 @@ class LoadedModel:
       ids = ids[:ids.index(self.vocabulary.eos_id)]
     return self.vocabulary.decode(ids)
 
+  def reinitialized(self, seed: int = 0) -> LoadedModel:
+    """The same architecture and vocabulary with fresh random parameters: the untrained baseline.
 
-def _auto_loader() -> Callable[[str], tuple[Any, Any]] | None:
-  if importlib.util.find_spec(AUTO_LOADER) is None:
-    return None
-  return importlib.import_module(AUTO_LOADER).load_any
+    The draw is the one `flan_jax.train` makes for a run from scratch with `train.seed=seed`, so
+    for a run trained that way this is exactly its starting point. Compiled functions are shared
+    with `self` (same model wrapper), so comparing the two costs no extra compilation.
+    """
+    from flan_jax.trainer import unbox  # pylint: disable=import-outside-toplevel
+    shapes = {k: v.shape for k, v in self.model.make_batch([[1]], [[1]], 8, 8).items()}
+    rng = jax.random.fold_in(jax.random.key(seed), 0)  # as Trainer.init_state
+    with jax.set_mesh(self.mesh):
+      params = unbox(jax.jit(lambda r: self.model.get_initial_variables(r, shapes))(rng)["params"])
+    return LoadedModel(self.model, params, batch_size=self.batch_size, mesh=self.mesh)
 
 
 def load(path: str | Path, *, step: int | None = None, batch_size: int = 8) -> LoadedModel:
-  """Loads a checkpoint directory for inference (see the module docstring for accepted layouts)."""
+  """Loads a checkpoint for inference: a flan_jax model dir, a T5X checkpoint or an HF folder.
+
+  Args:
+    path: local path or `gs://` URL of a flan_jax model directory (a training run's MODEL_DIR or a
+      converted checkpoint); any other path is converted on the fly (see `flan_jax.convert`).
+    step: checkpoint step of a flan_jax model directory (default: the latest).
+    batch_size: rows per compiled batch for `generate` / `score` (rounded up to the device count).
+  """
   from flan_jax import models  # pylint: disable=import-outside-toplevel
   path = Path(path).expanduser()
   if not (path / model_dir_lib.SPEC_FILE).exists():
-    loader = _auto_loader()
-    if loader is None:
-      model_dir_lib.read_spec(path)  # raises the "not a flan_jax model directory" error
-    spec, params = loader(str(path))
+    from flan_jax.convert import auto  # pylint: disable=import-outside-toplevel
+    spec, params = auto.load_any(str(path))
     return LoadedModel(models.build_model(spec), params, batch_size=batch_size)
   model = models.build_model(model_dir_lib.read_spec(path), path)
   params = model_dir_lib.restore_params(path, step)
   return LoadedModel(model, params, batch_size=batch_size)
+
+
+def _gin_value(value: Any) -> str:
+  """A Python value as gin text; strings starting with '@' or '%' stay gin references."""
+  if isinstance(value, str) and value[:1] in ("@", "%"):
+    return value
+  if isinstance(value, Path):
+    value = str(value)
+  return repr(value)
+
+
+def finetune(model_dir: str | Path, *, gin_files: Sequence[str] = ("runs/demo.gin",),
+             bindings: Mapping[str, Any] | None = None, gin_search_paths: Sequence[str] = (),
+             print_fn: Callable[[str], None] = print) -> Path:
+  """Trains in this process as `python -m flan_jax.train` would; returns the model directory.
+
+  Args:
+    model_dir: MODEL_DIR of the run (checkpoints, TensorBoard events, model_spec.json). A model
+      dir that already holds checkpoints resumes from the latest one.
+    gin_files: run and model gin files, by path or by name under flan_jax's `gin/`
+      (`runs/demo.gin`, `models/flan_t5_small.gin`, ...), as `--gin_file`.
+    bindings: {gin key: Python value}, as `--gin.KEY=VALUE`: macros (`{"TRAIN_STEPS": 100}`) or
+      parameters (`{"train.log_period": 10, "configs.model_config.name": "flan_t5_small"}`).
+      Values are written with `repr`, except strings starting with `@` or `%` (gin references,
+      e.g. `{"train.optimizer": "@optim.adamw()"}`).
+    gin_search_paths: extra folders in which `gin_files` names are looked up.
+    print_fn: receives the progress lines, the eval table and the final JSON line.
+
+  Gin's global configuration is cleared before and after the run, so calls do not leak into each
+  other. Mistakes in the gin files or bindings raise `gin_utils.GinConfigError` with one line
+  naming the problem.
+  """
+  import gin  # pylint: disable=import-outside-toplevel
+  from flan_jax import gin_utils  # pylint: disable=import-outside-toplevel
+  from flan_jax import train as train_lib  # pylint: disable=import-outside-toplevel
+  model_dir = Path(model_dir).expanduser().absolute()
+  lines = [f"MODEL_DIR = {_gin_value(model_dir)}"]
+  lines += [f"{key} = {_gin_value(value)}" for key, value in (bindings or {}).items()]
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin(list(gin_files), lines, gin_search_paths)
+    try:
+      train_lib.train(print_fn=print_fn)
+    except (ValueError, TypeError, RuntimeError) as e:
+      line = gin_utils.explain_missing_required(e)
+      if line is None:
+        raise
+      raise gin_utils.GinConfigError(line) from None
+  finally:
+    gin.clear_config()
+  return model_dir
+
+
+def read_metrics(model_dir: str | Path, subdir: str = "train") -> dict[str, list[tuple[int, float]]]:
+  """Scalars a training run wrote to MODEL_DIR/<subdir> (TensorBoard events), by name.
+
+  Returns {name: [(step, value), ...]} sorted by step, e.g. `read_metrics(d)["train/loss"]`;
+  `subdir="eval"` gives the evaluation metrics (`eval/teacher_forced/loss`, per-task accuracy).
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tensorflow.core.util import event_pb2  # pylint: disable=import-outside-toplevel
+  log_dir = Path(model_dir).expanduser() / subdir
+  files = sorted(log_dir.glob("events.out.tfevents*"))
+  if not files:
+    raise FileNotFoundError(f"no TensorBoard event files in {log_dir}: is '{model_dir}' the "
+                            f"MODEL_DIR of a training run (flan_jax.finetune / flan_jax.train)?")
+  series: dict[str, dict[int, float]] = {}
+  for file in files:
+    for record in tf.data.TFRecordDataset(str(file)):
+      event = event_pb2.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        number = (float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
+                  else float(value.simple_value))
+        series.setdefault(value.tag, {})[int(event.step)] = number
+  return {tag: sorted(points.items()) for tag, points in sorted(series.items())}
