@@ -1,7 +1,8 @@
 """Checkpoint conversion: T5X → flan_jax, Hugging Face → flan_jax, flan_jax → Hugging Face.
 
   python -m flan_jax.convert t5x-to-flax --input T5X_CKPT --output MODEL_DIR [--vocab SPM]
-      [--config flan_t5_small | --gin_file models/flan_t5_small.gin]
+      [--config flan_t5_small | --gin_file models/flan_t5_small.gin] [--with_optimizer_state]
+      [--t5x_param_scan_axis 1] [--gin.optim.adafactor.min_dim_size_to_factor=128 ...]
   python -m flan_jax.convert hf-to-flax --input HF_DIR --output MODEL_DIR [--allow_pickle]
   python -m flan_jax.convert flax-to-hf --input MODEL_DIR --output HF_DIR [--step N]
 
@@ -9,6 +10,9 @@ T5X checkpoints carry no config: it is inferred from the parameter shapes unless
 name from flan_jax.models.configs.CONFIGS) or --gin_file (a model gin, e.g.
 models/flan_t5_small.gin) gives it. Neither T5X nor some HF checkpoints carry the SentencePiece model:
 --vocab names it (default for T5: the T5 vocabulary, see flan_jax.data.vocab).
+--with_optimizer_state also maps T5X's Adafactor statistics and step onto the optax state of
+optim.adafactor as gin configures it (pass the optim.adafactor bindings you will train with) and
+writes a training checkpoint that `python -m flan_jax.train --gin.MODEL_DIR=MODEL_DIR` resumes.
 """
 from __future__ import annotations
 
@@ -37,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--allow_pickle", action="store_true",
                       help="allow PyTorch .bin weights (unpickling runs code: trusted files only)")
   parser.add_argument("--step", type=int, help="flax-to-hf: checkpoint step (default latest)")
+  parser.add_argument("--with_optimizer_state", action="store_true",
+                      help="t5x-to-flax: also import the Adafactor state (resumable training checkpoint)")
+  parser.add_argument("--t5x_param_scan_axis", type=int, default=1,
+                      help="t5x-to-flax: layer axis of scanned T5X params (T5X's param_scan_axis)")
   return parser
 
 
@@ -52,19 +60,25 @@ def _config_from_gin(args: argparse.Namespace) -> Any:
 
 
 def _t5x_config(args: argparse.Namespace) -> Any:
+  """--config, else the model gin's config, else None (inferred); gin also binds optim.adafactor."""
+  if args.gin_file and not args.config:
+    return _config_from_gin(args)
+  gin_utils.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
   if args.config:
     from flan_jax.models import configs  # pylint: disable=import-outside-toplevel
     return configs.get_config(args.config)
-  if args.gin_file:
-    return _config_from_gin(args)
   return None
 
 
 def run(argv: Sequence[str]) -> None:
   args = _parser().parse_args(gin_utils.rewrite_gin_args(argv))
   if args.command == "t5x-to-flax":
-    out = core.t5x_to_flax(args.input, args.output, config=_t5x_config(args),
-                           vocab_path=args.vocab or _default_vocab())
+    loaded = core.load_t5x(args.input, _t5x_config(args), args.vocab or _default_vocab(),
+                           with_optimizer_state=args.with_optimizer_state,
+                           param_scan_axis=args.t5x_param_scan_axis)
+    out = core.save_flax(loaded, args.output)
+    if loaded.opt_state is not None:
+      print(f"optimizer state at step {loaded.step}: {loaded.opt_report}")
   elif args.command == "hf-to-flax":
     out = core.hf_to_flax(args.input, args.output, allow_pickle=args.allow_pickle,
                           vocab_path=args.vocab)

@@ -3,6 +3,9 @@
 Each `load_*` returns `(family, config, params, vocab_path, step)` with params as the nested
 flan_jax tree (numpy, fitted to the network built from `config`); each `*_to_flax` writes that
 into a model directory (flan_jax/model_dir.py) and `flax_to_hf` writes a HF directory back.
+`load_t5x(..., with_optimizer_state=True)` also maps T5X's Adafactor state onto the optax state
+of `flan_jax.optim.adafactor` (see adafactor_state.py); `save_flax` then writes a training
+checkpoint (params, opt_state, data_iter) that `flan_jax.train` resumes from.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import jax
 import numpy as np
 
 from flan_jax import model_dir
-from flan_jax.convert import hf_io, hf_llama, hf_t5, model_configs, t5x
+from flan_jax.convert import adafactor_state, hf_io, hf_llama, hf_t5, model_configs, t5x
 from flan_jax.convert import params as params_lib
 
 _HF_FAMILIES = {"t5": ("t5", hf_t5), "llama": ("decoder", hf_llama)}
@@ -27,30 +30,54 @@ class Loaded(NamedTuple):
   params: dict[str, Any]
   vocab_path: Path | None
   step: int
+  opt_state: Any = None  # optax state (numpy) when the optimizer state was imported
+  opt_report: str = ""  # how each statistic was mapped (adafactor_state.ImportedState.summary)
 
 
 def _config_with(config: Any, overrides: dict[str, Any]) -> Any:
   return dataclasses.replace(config, **overrides) if overrides else config
 
 
-def load_t5x(path: str | Path, config: Any = None, vocab_path: str | Path | None = None,
-             **overrides: Any) -> Loaded:
+def load_t5x(path: str | Path, config: Any = None, vocab_path: str | Path | None = None, *,
+             with_optimizer_state: bool = False, optimizer: Any = None,
+             param_scan_axis: int = t5x.T5X_PARAM_SCAN_AXIS, **overrides: Any) -> Loaded:
   """Reads a T5X checkpoint (any layout); infers the T5Config from shapes when none is given.
 
-  `overrides` are T5Config fields (e.g. dtype='float32', scan_layers=True).
+  Args:
+    path: T5X checkpoint file, step folder, or a folder of step folders.
+    config: T5Config; None infers it from the parameter shapes.
+    vocab_path: SentencePiece model to record with the params.
+    with_optimizer_state: also map T5X's Adafactor state onto `optimizer`'s optax state.
+    optimizer: `flan_jax.optim.Optimizer` whose state to fill (default `optim.adafactor()`, as
+      gin configures it); it must be the optimizer training will resume with.
+    param_scan_axis: layer axis of a scanned T5X checkpoint (`encoder/layers/...`).
+    **overrides: T5Config fields (e.g. dtype='float32', scan_layers=True).
   """
-  ckpt = t5x.read_checkpoint(path, with_optimizer_state=False)
+  ckpt = t5x.read_checkpoint(path, with_optimizer_state=with_optimizer_state)
   if not ckpt.params:
     raise ValueError(f"T5X checkpoint '{path}' holds no model parameters (optimizer.target is "
                      f"empty)")
-  flat = {k: np.asarray(v) for k, v in params_lib.flatten(ckpt.params).items()}
+  raw = {k: np.asarray(v) for k, v in params_lib.flatten(ckpt.params).items()}
+  flat = t5x.unscan(raw, param_scan_axis)
   if config is None:
     config = model_configs.t5_config(**model_configs.infer_t5_dims(flat), **overrides)
   else:
     config = _config_with(config, overrides)
   params = params_lib.fit_params(flat, params_lib.network_param_shapes("t5", config),
                                  f"T5X checkpoint '{path}'")
-  return Loaded("t5", config, params, Path(vocab_path) if vocab_path else None, ckpt.step)
+  loaded = Loaded("t5", config, params, Path(vocab_path) if vocab_path else None, ckpt.step)
+  if not with_optimizer_state:
+    return loaded
+  if not ckpt.param_states:
+    raise ValueError(f"T5X checkpoint '{path}' holds no optimizer state (state.param_states); "
+                     f"convert it without --with_optimizer_state")
+  if optimizer is None:
+    from flan_jax import optim  # pylint: disable=import-outside-toplevel
+    optimizer = optim.adafactor()
+  moments, momenta = adafactor_state.read_moments(
+      ckpt.param_states, {k: v.shape for k, v in raw.items()}, param_scan_axis)
+  imported = adafactor_state.build_state(optimizer.tx, params, ckpt.step, moments, momenta)
+  return loaded._replace(opt_state=imported.opt_state, opt_report=imported.summary())
 
 
 def load_hf(path: str | Path, *, allow_pickle: bool = False, vocab_path: str | Path | None = None,
@@ -82,13 +109,27 @@ def load_flax(path: str | Path, step: int | None = None) -> Loaded:
 
 
 def save_flax(loaded: Loaded, output: str | Path, vocab_path: str | Path | None = None) -> Path:
-  """Writes a model directory: model_spec.json, vocab/spiece.model and checkpoints/<step>/params."""
+  """Writes a model directory: model_spec.json, vocab/spiece.model and checkpoints/<step>/params.
+
+  With an imported optimizer state the step is a training checkpoint (`opt_state` and a fresh
+  `data_iter` too, see flan_jax/checkpoints.py): training with MODEL_DIR=output resumes there.
+  """
   vocab = vocab_path or loaded.vocab_path
   if vocab is None:
     raise ValueError("the source carries no SentencePiece model: pass --vocab PATH/spiece.model")
   output = Path(output)
   model_dir.write_spec(output, loaded.family, loaded.config, vocab)
-  model_dir.save_params(output, loaded.step, loaded.params)
+  if loaded.opt_state is None:
+    model_dir.save_params(output, loaded.step, loaded.params)
+    return output
+  from flan_jax import checkpoints, trainer  # pylint: disable=import-outside-toplevel
+  ckpt = checkpoints.Checkpointer(output, keep=None, async_save=False)
+  try:
+    state = trainer.TrainState(step=np.asarray(loaded.step, np.int32), params=loaded.params,
+                               opt_state=loaded.opt_state)
+    ckpt.save(state, {"batches": 0, "first_step": loaded.step})
+  finally:
+    ckpt.close()
   return output
 
 
@@ -105,8 +146,9 @@ def save_hf(loaded: Loaded, output: str | Path) -> Path:
 
 
 def t5x_to_flax(source: str | Path, output: str | Path, *, config: Any = None,
-                vocab_path: str | Path | None = None, **overrides: Any) -> Path:
-  return save_flax(load_t5x(source, config, vocab_path, **overrides), output)
+                vocab_path: str | Path | None = None, **options: Any) -> Path:
+  """`load_t5x` (options: with_optimizer_state, optimizer, param_scan_axis, config fields) + save."""
+  return save_flax(load_t5x(source, config, vocab_path, **options), output)
 
 
 def hf_to_flax(source: str | Path, output: str | Path, *, allow_pickle: bool = False,

@@ -98,19 +98,35 @@ def _stack_layers(flat: dict[str, Any], expected: Mapping[str, Any]) -> dict[str
   return out
 
 
-def unstack_layers(flat: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """The reverse of scanning: `.../layers/x` with a leading layer axis → `.../layers_N/x`."""
+def unstack_layers(flat: Mapping[str, Any], axis: int = 0) -> dict[str, np.ndarray]:
+  """The reverse of scanning: `.../layers/x` with a layer axis → `.../layers_N/x`.
+
+  flan_jax stacks layers on axis 0; T5X's scanned models on `param_scan_axis` (1 by default).
+  """
   out = {}
   for name, value in flat.items():
     value = np.asarray(value)
-    parts = name.split("/")
-    if "layers" in parts:
-      i = parts.index("layers")
-      for n in range(value.shape[0]):
-        out["/".join(parts[:i] + [f"layers_{n}"] + parts[i + 1:])] = value[n]
-    else:
+    stacked = is_stacked(name)
+    if stacked and value.ndim <= axis:
+      raise ParamMismatchError(f"stacked parameter {name} with shape {value.shape} has no layer "
+                               f"axis {axis}; pass the scan axis the checkpoint was written with")
+    for n in range(value.shape[axis] if stacked else 0):
+      out[layer_name(name, n)] = np.take(value, n, axis=axis)
+    if not stacked:
       out[name] = value
   return out
+
+
+def is_stacked(name: str) -> bool:
+  """Whether `name` is a scanned (stacked) parameter: a `layers` component in its path."""
+  return "layers" in name.split("/")
+
+
+def layer_name(stacked_name: str, index: int) -> str:
+  """`encoder/layers/x` → `encoder/layers_<index>/x`."""
+  parts = stacked_name.split("/")
+  i = parts.index("layers")
+  return "/".join(parts[:i] + [f"layers_{index}"] + parts[i + 1:])
 
 
 def count_layers(flat: Mapping[str, Any], stack: str) -> int:

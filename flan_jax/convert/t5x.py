@@ -1,6 +1,6 @@
 """Readers for T5X checkpoints: the legacy msgpack file, the tensorstore/zarr layout and Orbax's.
 
-All three hold the same tree, `{"target": params, "state": {"step", "param_states"}}` (under
+All hold the same tree, `{"target": params, "state": {"step", "param_states"}}` (under
 `optimizer` in the legacy and tensorstore layouts, `_optimizer` in Orbax's):
 
 - legacy: one flax msgpack file; arrays inline.
@@ -9,6 +9,11 @@ All three hold the same tree, `{"target": params, "state": {"step", "param_state
   zarr folder per array next to it.
 - Orbax: `checkpoint` msgpack index whose leaves are `PLACEHOLDER://<folder>` strings, one zarr
   folder per array next to it.
+- Orbax with OCDBT (newer Orbax's default): `_METADATA` (JSON tree) and `manifest.ocdbt` +
+  `ocdbt.process_*/` (one key-value store for all arrays); read through Orbax itself.
+
+Scanned T5X models (`scan_layers=True`) stack each layer parameter under `encoder/layers/...`
+with the layer axis at the model's `param_scan_axis` (T5X's default 1); see `unscan`.
 
 T5X parameter names are flan_jax's (docs/ARCHITECTURE.md), so the params need no renaming; see
 `flan_jax.convert.params.fit_params` for the shape checks against the network.
@@ -23,9 +28,12 @@ from typing import Any, Mapping
 import numpy as np
 from flax import serialization
 
+from flan_jax.convert import params as params_lib
 from flan_jax.convert import zarr
 
 INDEX_FILE = "checkpoint"
+OCDBT_FILES = ("manifest.ocdbt", "_METADATA")  # either marks an Orbax (OCDBT) step folder
+T5X_PARAM_SCAN_AXIS = 1  # T5X's default `param_scan_axis` for scanned layers
 _PLACEHOLDER = "PLACEHOLDER://"
 _STEP_DIR = re.compile(r"^(?:checkpoint_)?(\d+)$")
 
@@ -36,7 +44,7 @@ class T5XCheckpoint:
   params: dict[str, Any]
   param_states: dict[str, Any]
   step: int
-  layout: str  # 'legacy' | 'tensorstore' | 'orbax'
+  layout: str  # 'legacy' | 'tensorstore' | 'orbax' | 'orbax_ocdbt'
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
@@ -44,15 +52,26 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
   path = Path(path)
   if not path.exists():
     raise FileNotFoundError(f"T5X checkpoint '{path}' does not exist")
-  if path.is_file() or (path / INDEX_FILE).is_file():
+  if path.is_file() or _is_step_folder(path):
     return path
   steps = sorted((int(m.group(1)), child) for child in path.iterdir()
-                 if (m := _STEP_DIR.match(child.name)) and (child / INDEX_FILE).is_file())
+                 if (m := _STEP_DIR.match(child.name)) and _is_step_folder(child))
   if not steps:
     raise FileNotFoundError(
-        f"'{path}' is not a T5X checkpoint: no '{INDEX_FILE}' file in it and no checkpoint_N/ "
-        f"or N/ step folder with one; pass the legacy checkpoint file or a step folder")
+        f"'{path}' is not a T5X checkpoint: no '{INDEX_FILE}' file (or Orbax "
+        f"{' / '.join(OCDBT_FILES)}) in it and no checkpoint_N/ or N/ step folder with one; pass "
+        f"the legacy checkpoint file or a step folder")
   return steps[-1][1]
+
+
+def _is_step_folder(path: Path) -> bool:
+  return (path / INDEX_FILE).is_file() or _is_ocdbt(path)
+
+
+def _is_ocdbt(path: Path) -> bool:
+  """An Orbax step folder whose arrays live in OCDBT (no per-array zarr folders to read)."""
+  return path.is_dir() and ((path / OCDBT_FILES[0]).is_file() or
+                            ((path / OCDBT_FILES[1]).is_file() and not (path / INDEX_FILE).is_file()))
 
 
 def detect_layout(path: str | Path) -> str | None:
@@ -61,6 +80,8 @@ def detect_layout(path: str | Path) -> str | None:
     path = resolve_checkpoint_path(path)
   except FileNotFoundError:
     return None
+  if _is_ocdbt(path):
+    return "orbax_ocdbt"
   index_path = path if path.is_file() else path / INDEX_FILE
   try:
     index = serialization.msgpack_restore(index_path.read_bytes())
@@ -92,16 +113,59 @@ def read_checkpoint(path: str | Path,
   if layout is None:
     raise ValueError(f"'{path}' is not a T5X checkpoint (expected a flax msgpack file or a folder "
                      f"with a msgpack '{INDEX_FILE}' index)")
-  index_path = path if path.is_file() else path / INDEX_FILE
-  index = serialization.msgpack_restore(index_path.read_bytes())
-  tree = index["_optimizer" if layout == "orbax" else "optimizer"]
+  if layout == "orbax_ocdbt":
+    tree = _read_ocdbt(path)
+  else:
+    index_path = path if path.is_file() else path / INDEX_FILE
+    tree = serialization.msgpack_restore(index_path.read_bytes())
+  tree = tree["optimizer" if "optimizer" in tree else "_optimizer"]
   if not with_optimizer_state:
     tree = {"target": tree.get("target", {}), "state": {"step": tree.get("state", {}).get("step", 0)}}
-  if layout != "legacy":
+  if layout in ("tensorstore", "orbax"):
     tree = _load_leaves(tree, path, shapes or {}, prefix="")
   state = tree.get("state", {})
   return T5XCheckpoint(params=tree.get("target") or {}, param_states=state.get("param_states") or {},
                        step=int(np.asarray(state.get("step", 0))), layout=layout)
+
+
+def unscan(flat: Mapping[str, Any], param_scan_axis: int = T5X_PARAM_SCAN_AXIS) -> dict[str, Any]:
+  """Scanned T5X params (`encoder/layers/x`, layer axis `param_scan_axis`) → `encoder/layers_N/x`.
+
+  Unscanned checkpoints come back unchanged. All stacked params of a stack must agree on the
+  number of layers along the axis, which catches a wrong `param_scan_axis` with one clear line.
+  """
+  counts: dict[str, dict[int, str]] = {}
+  for name, value in flat.items():
+    if params_lib.is_stacked(name):
+      stack = name.split("/layers/")[0]
+      size = np.shape(value)[param_scan_axis] if np.ndim(value) > param_scan_axis else 0
+      counts.setdefault(stack, {}).setdefault(size, name)
+  for stack, sizes in counts.items():
+    if len(sizes) > 1:
+      found = ", ".join(f"{name}: {size}" for size, name in sorted(sizes.items()))
+      raise params_lib.ParamMismatchError(
+          f"scanned T5X params under '{stack}' disagree on the number of layers along axis "
+          f"{param_scan_axis} ({found}); pass --t5x_param_scan_axis with the axis the layers are "
+          f"stacked on (T5X's param_scan_axis, default {T5X_PARAM_SCAN_AXIS})")
+  return params_lib.unstack_layers(flat, axis=param_scan_axis)
+
+
+def _read_ocdbt(path: Path) -> dict[str, Any]:
+  """The whole tree of an Orbax OCDBT step folder, arrays as numpy (no device placement)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path).item_metadata
+  if metadata is None:
+    raise ValueError(f"'{path}' looks like an Orbax checkpoint but Orbax finds no tree metadata in "
+                     f"it ({OCDBT_FILES[1]}); is the step folder complete?")
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata.tree)
+  tree = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  if not isinstance(tree, dict) or not ({"optimizer", "_optimizer"} & set(tree)):
+    keys = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+    raise ValueError(f"Orbax checkpoint '{path}' is not a T5X checkpoint: expected a top-level "
+                     f"'_optimizer' (or 'optimizer') entry, found {keys}")
+  return tree
 
 
 def _load_leaves(tree: Any, root: Path, shapes: Mapping[str, Any], prefix: str) -> Any:
