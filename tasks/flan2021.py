@@ -8,8 +8,13 @@ other text and are read as local JSONL (`$FLAN_JAX_DATA_DIR/flan2021/<name>/trai
 and `answer`).
 
 TFDS datasets cannot be downloaded here: registration reads nothing, and reading a dataset that has
-not been prepared fails with the `tfds build` command to run. The field mappings follow the TFDS
-catalog schemas but have not been run against the real data in this environment.
+not been prepared fails with the `tfds build` command to run. Every mapping is checked against its
+TFDS builder's own feature spec (names, configs, versions, ClassLabel sizes) by
+`tests/test_flan2021_schemas.py`, which reads each dataset under `tfds.testing.mock_data`; what that
+cannot see (split names, label semantics) was checked by reading the builders' code: Story Cloze
+has no train split (its validation split is used), WinoGrande's is `train_xl`. Examples with no gold
+label (SNLI's -1) or an empty answer are dropped; SQuAD 2.0's unanswerable questions answer
+"unanswerable".
 
 Counts (`COUNTS`) are approximate TFDS training-split sizes from the public catalog, used only for
 the 30k-capped mixing rates (most datasets exceed the cap, so only small ones matter); None = unknown
@@ -60,6 +65,19 @@ CATEGORIES = {
         "Who or what does the pronoun refer to?", "Resolve the pronoun.",
         "What is the pronoun's antecedent?", "Which one does the pronoun point to?",
         "Find what the pronoun stands for.")),
+    "coref_check": ("{text}\n\nPronoun: \"{pronoun}\"\nCandidate: \"{candidate}\"", (
+        "Does the pronoun refer to the candidate?", "Is the candidate what the pronoun means?",
+        "Do the pronoun and the candidate name the same thing?",
+        "Resolve the pronoun: is it the candidate?",
+        "Check whether the pronoun points to the candidate.")),
+    "fill_blank": ("{sentence}", (
+        "Which option fits the blank (_)?", "Fill in the blank.", "What goes in place of the _?",
+        "Choose the word that best completes the sentence.",
+        "Pick the option that makes the sentence make sense.")),
+    "cause_effect": ("Premise: {context}\nWhat is the {question}?", (
+        "Choose the more plausible alternative.", "Pick the better answer.",
+        "Which option is more likely?", "Select the most plausible option.",
+        "Reason about cause and effect and answer.")),
     "passage_yesno": ("{context}\n\nQuestion: {question}", (
         "Answer the question using the passage.", "Based on the text, answer yes or no.",
         "Read the passage and answer.", "Is the answer to the question yes?",
@@ -163,7 +181,7 @@ DATASETS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "glue_qqp": ("glue/qqp:2.0.0", "paraphrase", dict(
         fields={"sentence1": "question1", "sentence2": "question2"}, label="label",
         label_options=YES_NO)),
-    "paws_wiki": ("paws_wiki/labeled_final:1.1.0", "paraphrase", dict(
+    "paws_wiki": ("paws_wiki/labeled_final_raw:1.1.0", "paraphrase", dict(
         fields={"sentence1": "sentence1", "sentence2": "sentence2"}, label="label",
         label_options=YES_NO)),
     "stsb": ("glue/stsb:2.0.0", "similarity", dict(
@@ -189,20 +207,22 @@ DATASETS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "wic": ("super_glue/wic:1.0.2", "wsd", dict(
         fields={"word": "word", "sentence1": "sentence1", "sentence2": "sentence2"}, label="label",
         label_options=("different meanings", "the same meaning"))),
-    "wsc": ("super_glue/wsc.fixed:1.0.2", "coref", dict(
-        fields={"text": "text", "pronoun": "span2_text"}, label="label",
-        choices=("span1_text", "span1_text"), label_values=(1, 0))),
-    "winogrande": ("winogrande/winogrande_xl:1.1.0", "coref", dict(
-        fields={"text": "sentence", "pronoun": "sentence|last"}, label="label",
-        choices=("option1", "option2"))),
+    "wsc": ("super_glue/wsc.fixed:1.0.2", "coref_check", dict(
+        fields={"text": "text", "pronoun": "span2_text", "candidate": "span1_text"}, label="label",
+        label_options=YES_NO)),
+    "winogrande": ("winogrande:1.2.0", "fill_blank", dict(
+        fields={"sentence": "sentence"}, label="label", choices=("option1", "option2"),
+        splits={"train": "train_xl"})),
     "definite_pronoun_resolution": ("definite_pronoun_resolution:1.1.0", "coref", dict(
         fields={"text": "sentence", "pronoun": "pronoun"}, label="label", choices="candidates")),
-    "copa": ("super_glue/copa:1.0.2", "completion", dict(
-        fields={"context": "premise"}, label="label", choices=("choice1", "choice2"))),
+    "copa": ("super_glue/copa:1.0.2", "cause_effect", dict(
+        fields={"context": "premise", "question": "question"}, label="label",
+        choices=("choice1", "choice2"))),
     "hellaswag": ("hellaswag:1.1.0", "completion", dict(
         fields={"context": "context"}, label="label", choices="endings")),
     "story_cloze": ("story_cloze/2016:1.0.0", "completion", dict(
-        fields={"context": "context"}, label="label", choices="endings")),
+        fields={"context": "context"}, label="label", choices="endings",
+        splits={"train": "validation"})),
     "piqa": ("piqa:1.0.0", "completion", dict(
         fields={"context": "goal"}, label="label", choices=("sol1", "sol2"))),
     "arc_challenge": ("ai2_arc/ARC-Challenge:1.0.0", "closed_qa", dict(
@@ -237,7 +257,8 @@ DATASETS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "squad_v1": ("squad/v1.1:3.0.0", "extractive_qa", dict(
         fields={"context": "context", "question": "question"}, answer="answers/text[0]")),
     "squad_v2": ("squad/v2.0:3.0.0", "extractive_qa", dict(
-        fields={"context": "context", "question": "question"}, answer="answers/text[0]")),
+        fields={"context": "context", "question": "question"}, answer="answers/text[0]",
+        empty_answer="unanswerable")),
     "drop": ("drop:2.0.0", "extractive_qa", dict(
         fields={"context": "passage", "question": "question"}, answer="answer")),
     "math_dataset": ("math_dataset/algebra__linear_1d:1.0.0", "math", dict(
@@ -250,7 +271,7 @@ DATASETS: dict[str, tuple[str, str, dict[str, Any]]] = {
         fields={"text": "article"}, answer="highlights")),
     "gigaword": ("gigaword:1.2.0", "summarize", dict(
         fields={"text": "document"}, answer="summary")),
-    "multi_news": ("multi_news:1.0.0", "summarize", dict(
+    "multi_news": ("multi_news:2.1.0", "summarize", dict(
         fields={"text": "document"}, answer="summary")),
     "newsroom": ("newsroom:1.0.0", "summarize", dict(fields={"text": "text"}, answer="summary")),
     "samsum": ("samsum:1.0.0", "summarize", dict(fields={"text": "dialogue"}, answer="summary")),
@@ -258,7 +279,7 @@ DATASETS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "wiki_lingua_english_en": ("gem/wiki_lingua_english_en:1.1.0", "summarize", dict(
         fields={"text": "source"}, answer="target")),
     "opinion_abstracts_idebate": ("opinion_abstracts/idebate:1.0.0", "summarize", dict(
-        fields={"text": "_argument_sentences/argument_sentence[*]"}, answer="_claim")),
+        fields={"text": "_argument_sentences/value[*]"}, answer="_claim")),
     "opinion_abstracts_rotten_tomatoes": ("opinion_abstracts/rotten_tomatoes:1.0.0", "summarize", dict(
         fields={"text": "_critics/value[*]"}, answer="_critic_consensus")),
     "common_gen": ("gem/common_gen:1.1.0", "data_to_text", dict(
@@ -309,6 +330,7 @@ COUNTS: dict[str, Optional[int]] = {
 def _register(name: str, tfds_name: str, category: str, spec: dict[str, Any]) -> None:
   spec = dict(spec)
   constants = spec.pop("constants", {})
+  splits = spec.pop("splits", ("train",))
   with_options = "label" in spec
   if tfds_name == "local":
     path = sources.data_dir() / COLLECTION / name / "train.jsonl"
@@ -316,7 +338,7 @@ def _register(name: str, tfds_name: str, category: str, spec: dict[str, Any]) ->
                                   row_fn=lambda r, c=constants: {**r, **c})
     preprocessors = ()
   else:
-    source = sources.tfds_source(tfds_name, splits=("train",))
+    source = sources.tfds_source(tfds_name, splits=splits)
     preprocessors = (sources.field_mapper(**spec),)
     if constants:
       preprocessors += (_add_constants(constants),)

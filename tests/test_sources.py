@@ -144,3 +144,19 @@ def test_field_mapper_labels_choices_and_paths():
   assert (row["context"], row["all"], row["answer"]) == (b"one two", b"first, second", b"first")
   with pytest.raises(KeyError, match="'nope'.*Fix the task's field mapping"):
     sources.field_mapper({"x": "nope"}, answer="premise")(dataset)
+
+
+def test_field_mapper_drops_examples_without_a_target():
+  dataset = tf.data.Dataset.from_tensor_slices({
+      "label": np.array([0, -1, 2, 5], np.int64), "polarity": np.array([4, 1, 0, 3], np.int64),
+      "answer": ["a", "", "  ", "b"]})
+  nli = sources.field_mapper({}, label="label", label_options=("yes", "maybe", "no"))
+  assert [r["answer"] for r in nli(dataset).as_numpy_iterator()] == [b"yes", b"no"]  # SNLI's -1
+  by_value = sources.field_mapper({}, label="polarity", label_options=("neg", "neu", "pos"),
+                                  label_values=(0, 2, 4))
+  assert [r["answer"] for r in by_value(dataset).as_numpy_iterator()] == [b"pos", b"neg"]
+  generation = sources.field_mapper({}, answer="answer")
+  assert [r["answer"] for r in generation(dataset).as_numpy_iterator()] == [b"a", b"b"]
+  squad_v2 = sources.field_mapper({}, answer="answer", empty_answer="unanswerable")
+  assert [r["answer"] for r in squad_v2(dataset).as_numpy_iterator()] == [
+      b"a", b"unanswerable", b"unanswerable", b"b"]

@@ -314,9 +314,14 @@ class TfdsSource(seqio.TfdsDataSource):
           f"$TFDS_DATA_DIR (or tfds_data_dir=).") from e
 
 
-def tfds_source(tfds_name: str, *, splits: Optional[Sequence[str]] = None,
+def tfds_source(tfds_name: str, *,
+                splits: Optional[Union[Sequence[str], Mapping[str, str]]] = None,
                 tfds_data_dir: Optional[str] = None) -> TfdsSource:
-  """A TFDS dataset by `name[/config]:version` (nothing is read or downloaded until used)."""
+  """A TFDS dataset by `name[/config]:version` (nothing is read or downloaded until used).
+
+  `splits` names the splits, or maps the task's split names to TFDS ones (e.g.
+  `{"train": "validation"}` for a dataset published without a training split).
+  """
   if ":" not in tfds_name:
     raise ValueError(f"TFDS name '{tfds_name}' needs a version, e.g. '{tfds_name}:1.0.0'.")
   return TfdsSource(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, splits=splits)
@@ -364,8 +369,12 @@ def _as_string(value: tf.Tensor) -> tf.Tensor:
 def field_mapper(fields: Mapping[str, str], *, answer: Optional[str] = None,
                  label: Optional[str] = None, label_options: Sequence[str] = (),
                  label_values: Sequence[Any] = (), choices: Union[str, Sequence[str]] = (),
-                 choice_keys: Optional[str] = None) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+                 choice_keys: Optional[str] = None, empty_answer: Optional[str] = None
+                 ) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
   """A preprocessor mapping a source's features to canonical fields (paths as in `_lookup`).
+
+  Examples that cannot give a target are dropped: a label outside the options (SNLI's -1 for "no
+  gold label", a value missing from `label_values`) or an empty answer.
 
   Args:
     fields: canonical name → feature path, for the string fields the templates use.
@@ -374,6 +383,8 @@ def field_mapper(fields: Mapping[str, str], *, answer: Optional[str] = None,
       `options[index]`, where `options` is `label_options` (fixed names) or `choices` (one path to a
       list feature, or several paths, one per choice), and index is the label itself, or its
       position in `label_values` (fixed raw values) / in the `choice_keys` feature (e.g. "A".."E").
+    empty_answer: the answer used when the answer text is empty (e.g. "unanswerable" for SQuAD 2.0)
+      instead of dropping the example.
   """
   if (answer is None) == (label is None):
     raise ValueError("field_mapper needs exactly one of answer= (generation) or label= (choices).")
@@ -381,11 +392,20 @@ def field_mapper(fields: Mapping[str, str], *, answer: Optional[str] = None,
     raise ValueError("A label needs exactly one of label_options= or choices=.")
   fixed_options = tf.constant(list(label_options), tf.string) if label_options else None
 
+  def position(needle: tf.Tensor, haystack: tf.Tensor) -> tf.Tensor:
+    """Index of `needle` in `haystack`, -1 when absent."""
+    matches = tf.equal(haystack, needle)
+    return tf.where(tf.reduce_any(matches), tf.argmax(tf.cast(matches, tf.int32)),
+                    tf.constant(-1, tf.int64))
+
   def convert(example):
     out = {name: _lookup(example, path) for name, path in fields.items()}
     if answer is not None:
-      out["answer"] = _lookup(example, answer)
-      return out
+      text = _lookup(example, answer)
+      if empty_answer is not None:
+        text = tf.where(tf.strings.length(tf.strings.strip(text)) > 0, text, empty_answer)
+      out["answer"] = text
+      return out, tf.strings.length(tf.strings.strip(text)) > 0
     if fixed_options is not None:
       options = fixed_options
     elif isinstance(choices, str):
@@ -394,19 +414,19 @@ def field_mapper(fields: Mapping[str, str], *, answer: Optional[str] = None,
       options = tf.stack([_lookup(example, c) for c in choices])
     raw = _lookup_raw(example, label)
     if label_values:
-      index = tf.argmax(tf.cast(tf.equal(_as_string(raw), [str(v) for v in label_values]),
-                                tf.int32))
+      index = position(_as_string(raw), tf.constant([str(v) for v in label_values]))
     elif choice_keys is not None:
-      keys = tf.reshape(_lookup(example, choice_keys), [-1])
-      index = tf.argmax(tf.cast(tf.equal(keys, _as_string(raw)), tf.int32))
+      index = position(_as_string(raw), tf.reshape(_lookup(example, choice_keys), [-1]))
     else:
       index = tf.cast(raw, tf.int64)
-    out["answer"] = tf.gather(options, index)
+    valid = (index >= 0) & (index < tf.size(options, out_type=tf.int64))
+    out["answer"] = tf.cond(valid, lambda: tf.gather(options, index), lambda: tf.constant(""))
     out["options"] = options
-    return out
+    return out, valid
 
   def preprocess(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.filter(lambda _, keep: keep).map(lambda example, _: example)
 
   return preprocess
 
