@@ -3,6 +3,8 @@
 The fixtures start from the real legacy tiny T5X checkpoint and give it non-zero Adafactor
 statistics in T5X's layouts (its own are zeros at step 0), so a mapping error shows.
 """
+import re
+
 import numpy as np
 import pytest
 from flax import serialization
@@ -185,7 +187,8 @@ def test_one_optimizer_step_from_the_imported_state_is_t5x_adafactor(source, res
 
   params = params_lib.flatten(jax.device_get(state.params))
   new = params_lib.flatten(step(state.opt_state, state.params))
-  fresh = params_lib.flatten(step(trainer.optimizer.tx.init(state.params), state.params))
+  fresh_state = jax.device_put(trainer.optimizer.tx.init(state.params), trainer.opt_shardings)
+  fresh = params_lib.flatten(step(fresh_state, state.params))  # same shardings: no recompile
   grads, states = params_lib.flatten(grads), source["states"]
   name = "encoder/layers_0/mlp/wi_0/kernel"  # factored (rows 0, cols 1) in T5X and in optax
   expected = _adafactor_by_hand(params[name], grads[name], STEP, v_row=states[name]["v_row"],
@@ -198,16 +201,22 @@ def test_one_optimizer_step_from_the_imported_state_is_t5x_adafactor(source, res
   np.testing.assert_allclose(new[name], expected, rtol=1e-5, atol=1e-7)
 
 
-def test_real_checkpoint_imports_through_the_cli(tmp_path, t5_vocab_path, capsys):
+def test_readme_optimizer_state_command(tmp_path, capsys, monkeypatch):
+  """The README's `--with_optimizer_state` command, on the real legacy checkpoint (zeros, step 0)."""
+  from conftest import REPO_ROOT
   from flan_jax.convert import __main__ as cli
-  ckpt = require_shared_data("t5x_checkpoints", "test_t5_tiny.checkpoint_0")
-  out = tmp_path / "t5_tiny"
-  assert cli.main(["t5x-to-flax", "--input", str(ckpt), "--output", str(out), "--vocab",
-                   str(t5_vocab_path), "--with_optimizer_state"]) == 0
+  require_shared_data("t5x_checkpoints", "test_t5_tiny.checkpoint_0")
+  require_shared_data("t5_vocab", "t5_spiece.model")
+  section = (REPO_ROOT / "README.md").read_text().split("## Converting checkpoints", 1)[1].split("\n## ", 1)[0]
+  command = next(line for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+                 for line in block.splitlines() if "--with_optimizer_state" in line)
+  argv = command.replace("$OUT", str(tmp_path)).split()
+  monkeypatch.chdir(REPO_ROOT)  # the README's relative ../shared/data paths
+  assert argv[:3] == ["python", "-m", "flan_jax.convert"] and cli.main(argv[3:]) == 0
   printed = capsys.readouterr().out
   assert "optimizer state at step 0: 52 second moments copied" in printed, printed
-  assert sorted(p.name for p in (out / "checkpoints" / "0").iterdir() if p.is_dir()) == [
-      "data_iter", "opt_state", "params"]
+  step_dir = tmp_path / "t5_tiny_resume" / "checkpoints" / "0"
+  assert sorted(p.name for p in step_dir.iterdir() if p.is_dir()) == ["data_iter", "opt_state", "params"]
 
 
 def test_momentum_maps_and_missing_momentum_is_reported(source):
