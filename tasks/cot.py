@@ -65,3 +65,5 @@ for _name, (_file, _count, _count_source) in DATASETS.items():
   _register(_name, _file, _count, _count_source)
 
 CAP = mixing.CAPS["cot"]
+TASK_LIST_SOURCE = (f"DATASETS in flan_jax/tasks/cot.py: the Flan collection's {len(DATASETS)} CoT "
+                    f"TSVs ({len(MISSING_TSVS)} not in ../shared/data)")

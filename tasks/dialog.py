@@ -103,3 +103,5 @@ for _name, (_file, _format, _row_fn, _count, _count_source) in DATASETS.items():
   user_tasks.register_task(f"dialog_{_name}_ii", _source, INVERSION_FAMILY, TYPES,
                            collection=COLLECTION + "_inversion", num_examples=_count,
                            count_source=_count_source)
+
+TASK_LIST_SOURCE = f"DATASETS in flan_jax/tasks/dialog.py: {', '.join(DATASETS)}"

@@ -358,3 +358,7 @@ def _add_constants(constants: dict[str, str]):
 
 for _name, (_tfds, _category, _spec) in DATASETS.items():
   _register(_name, _tfds, _category, _spec)
+
+_LOCAL = sum(tfds_name == "local" for tfds_name, _, _ in DATASETS.values())
+TASK_LIST_SOURCE = (f"DATASETS in flan_jax/tasks/flan2021.py: {len(DATASETS) - _LOCAL} TFDS "
+                    f"datasets + {_LOCAL} local JSONL (MNLI matched/mismatched count twice)")

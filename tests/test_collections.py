@@ -107,9 +107,67 @@ def test_flan2021_variants_with_label_options(template_type):
     assert rows[0]["inputs_pretokenized"].count("Premise:") >= 2
 
 
-def test_absent_cot_tsv_fails_clearly():
-  with pytest.raises(FileNotFoundError, match=r"esnli_train.tsv' does not exist"):
-    _examples("cot_esnli_zs_cot", n=1)
+@pytest.mark.parametrize("name", sorted(cot.MISSING_TSVS))
+def test_absent_cot_tsv_names_the_file_and_where_to_get_it(name):
+  with pytest.raises(FileNotFoundError, match=rf"{name}' does not exist\. Get {name} from .*"
+                                              rf"google-research/FLAN/.*/cot_data/{name}"):
+    _examples(f"cot_{name.split('_')[0]}_zs_cot", n=1)
+
+
+@pytest.mark.parametrize("name", sorted(set(cot.DATASETS) - {"esnli", "qed"}))
+def test_every_present_cot_dataset_renders_in_every_template_type(name):
+  """Real rows of each TSV through every template of every type (CoT and input inversion)."""
+  rows = sources.read_tsv(require_shared_data("flan_cot", cot.DATASETS[name][0]),
+                          sources.COT_COLUMNS)[:40]
+  for family, types in ((cot.COT_FAMILY, ("zs_cot", "fs_cot")),
+                        (cot.INVERSION_FAMILY, ("zs_noopt", "fs_noopt"))):
+    for template_type in types:
+      formatter = formatting.Formatter(family, template_type, task_name=f"cot_{name}",
+                                       exemplars=rows)
+      out = list(formatter.format_stream(rows))
+      assert {r["_template_idx"] for r in out} == set(range(len(family.variant(template_type))))
+      assert all(r["inputs"].strip() and r["targets"].strip() for r in out)
+      if template_type.endswith("cot"):
+        assert all(templates.extract_answer(r["targets"]) for r in out)
+
+
+def _p3_export(tmp_path, rows):
+  path = tmp_path / "p3" / "cos_e_v1.11_i_think" / "train.jsonl"
+  path.parent.mkdir(parents=True)
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def test_t0_reads_a_p3_export(tmp_path, monkeypatch):
+  """Rows shaped like `bigscience/P3` (text in *_pretokenized, token ids in inputs/targets), and an
+  export that kept only the rendered strings."""
+  p3 = {"inputs": [363, 19], "inputs_pretokenized": "Where do you keep milk? ",
+        "targets": [3, 9], "targets_pretokenized": " fridge", "answer_choices": ["fridge", "oven"]}
+  plain = {"inputs": "Where is the sun?", "targets": "sky"}
+  _p3_export(tmp_path, [p3, plain])
+  monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path))
+  from flan_jax.tasks import t0  # pylint: disable=g-import-not-at-top
+  source = sources.local_source({"train": t0.export_path("cos_e_v1.11_i_think")},
+                                row_fn=t0.p3_row)
+  user_tasks.register_task("test_p3", source, t0.FAMILY, ("zs_opt", "zs_noopt"), collection="test",
+                           drop_rows_without_options=True)
+  (opt,) = _examples("test_p3_zs_opt", n=5)  # the open row is left to the noopt variant
+  assert opt["inputs_pretokenized"] == "Where do you keep milk?\nOptions:\n- fridge\n- oven"
+  assert opt["targets_pretokenized"] == "fridge"
+  noopt = _examples("test_p3_zs_noopt", n=2)
+  assert [r["targets_pretokenized"] for r in noopt] == ["fridge", "sky"]
+
+
+def test_t0_bad_or_missing_export_is_named(tmp_path, monkeypatch):
+  from flan_jax.tasks import t0  # pylint: disable=g-import-not-at-top
+  with pytest.raises(FileNotFoundError, match=r"p3/cos_e_v1.11_i_think/train.jsonl' does not "
+                                              r"exist\. Export the train split of .*bigscience/P3"
+                                              r".*'cos_e_v1.11_i_think'"):
+    _examples("t0_cos_e_v1.11_i_think_zs_noopt", n=1)
+  path = _p3_export(tmp_path, [{"inputs": [1, 2], "targets": [3]}])
+  monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path))
+  with pytest.raises(sources.MalformedRowError, match=rf"{path}:1: .*'inputs_pretokenized'"):
+    sources.read_jsonl(t0.export_path("cos_e_v1.11_i_think"), row_fn=t0.p3_row)
 
 
 def test_flan2021_tasks_read_tfds():
@@ -184,12 +242,8 @@ def test_packed_prefix_lm_batches(gsm8k_tokens):
     feature_conversion.converter("mlm")
 
 
-def test_t0_and_dialog_rows_render(tmp_path):
-  from flan_jax.tasks import dialog, t0  # pylint: disable=g-import-not-at-top
-  p3 = t0.p3_row({"inputs_pretokenized": "Is the sky blue? ", "targets_pretokenized": " yes",
-                  "answer_choices": ["yes", "no"]})
-  rendered = templates.render(t0.FAMILY.variant("zs_opt")[0], p3, template_type="zs_opt")
-  assert (rendered.inputs, rendered.targets) == ("Is the sky blue?\nOptions:\n- yes\n- no", "yes")
+def test_dialog_rows_render():
+  from flan_jax.tasks import dialog  # pylint: disable=g-import-not-at-top
   turn = dialog.qrecc_row({"Context": ["Who wrote Hamlet?", "Shakespeare."],
                            "Question": "When?", "Answer": "Around 1600."})
   assert turn == {"history": "User: Who wrote Hamlet?\nAssistant: Shakespeare.",
@@ -203,4 +257,6 @@ def test_registration_needs_no_data(tmp_path):
   from flan_jax.tasks import niv2, t0  # pylint: disable=g-import-not-at-top
   assert niv2.task_names(tmp_path) == []
   assert sources.read_collection_info(tmp_path / "absent.csv") == []
-  assert len(t0.TASKS) == 193 and t0.TASKS[0] == "t0_adversarial_qa_0"
+  assert len(t0.TASKS) == len(set(t0.TASKS)) == 193  # one per P3 subset
+  assert t0.TASKS[0] == "t0_adversarial_qa_dbert_answer_the_following_q"
+  assert "t0_cos_e_v1.11_i_think_zs_opt" in seqio.TaskRegistry.names()

@@ -13,6 +13,7 @@ a bar chart PNG of the rates per submixture entry and the top leaves.
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import json
 import sys
@@ -22,32 +23,70 @@ import seqio
 
 from flan_jax.data import mixing
 from flan_jax.data import registry
+from flan_jax.data import sources
 from flan_jax.data import user_tasks
 
 FEATURE_LENGTHS = {"inputs": 2048, "targets": 512}
 # Paper task counts (Longpre et al., 2023, Table 1): Muffin's 80 include Dialog and the 5 program
 # synthesis datasets, which are not registered here (no public source).
 PAPER_COUNTS = {"flan2021+dialog (Muffin)": 80, "t0": 193, "niv2": 1554, "cot": 9, "total": 1836}
+# The paper's count per registered collection: Flan 2021 = Muffin's 80 - Dialog 3 - program synthesis 5.
+PAPER_TARGETS = {"flan2021": 72, "dialog": 3, "t0": 193, "niv2": 1554, "cot": 9}
 EXCLUDED = {"program_synthesis": ["dmcc_python", "dr_repair_error_comments",
                                   "dr_repair_line_numbers", "dr_repair_no_errors",
                                   "dr_repair_plain_code"]}
 MAIN_COLLECTIONS = ("flan2021", "dialog", "t0", "niv2", "cot")
+# flan_collection_info.csv `Source` values per collection, and whether a row is a task (T0 prompts,
+# NIv2 tasks) or one of several rows of a dataset.
+_INFO_SOURCES = {"flan2021": (("FLAN", "FLAN/T0"), "datasets"), "dialog": (("Dialog",), "datasets"),
+                 "t0": (("T0",), "rows"), "niv2": (("NIv2",), "rows"), "cot": (("CoT",), "datasets")}
+
+
+def collection_info_counts() -> dict[str, int]:
+  """Tasks per collection in the Flan collection's own flan_collection_info.csv ({} when absent)."""
+  rows = sources.read_collection_info()
+  if not rows:
+    return {}
+  out = {}
+  for collection, (names, unit) in _INFO_SOURCES.items():
+    matching = [r for r in rows if r.source in names]
+    out[collection] = len(matching) if unit == "rows" else len({r.dataset for r in matching})
+  return out
 
 
 def counts() -> dict[str, Any]:
-  """Registered base tasks per collection, variant task totals, and the paper's counts."""
+  """Registered base tasks per collection against the paper, and where each task list came from."""
   registry.ensure_registered()
   catalog = user_tasks.CATALOG
   per_collection = {c: len(catalog.get(c, {})) for c in MAIN_COLLECTIONS}
+  info = collection_info_counts()
+  by_collection = {}
+  for c in MAIN_COLLECTIONS:
+    module = importlib.import_module(f"flan_jax.tasks.{c}")
+    by_collection[c] = {"registered": per_collection[c], "paper": PAPER_TARGETS[c],
+                        "gap": PAPER_TARGETS[c] - per_collection[c],
+                        "collection_info_csv": info.get(c),
+                        "task_list_source": module.TASK_LIST_SOURCE}
   inversion = {c: len(v) for c, v in catalog.items() if c.endswith("_inversion")}
   return {
       "collections": per_collection,
       "total": sum(per_collection.values()),
+      "by_collection": by_collection,
       "input_inversion": inversion,
       "variant_tasks": sum(len(e.variants) for c in catalog.values() for e in c.values()),
       "paper": PAPER_COUNTS,
       "excluded": EXCLUDED,
   }
+
+
+def count_table(result: dict[str, Any]) -> str:
+  lines = [f"{'collection':10} {'registered':>10} {'paper':>6} {'gap':>5}  task list from"]
+  for c, row in result["by_collection"].items():
+    lines.append(f"{c:10} {row['registered']:>10} {row['paper']:>6} {row['gap']:>5}  "
+                 f"{row['task_list_source']}")
+  lines.append(f"{'total':10} {result['total']:>10} {PAPER_COUNTS['total']:>6}  (the paper's total "
+               "also counts the 5 excluded program-synthesis datasets)")
+  return "\n".join(lines)
 
 
 def examples(name: str, n: int) -> list[dict[str, Any]]:
@@ -122,9 +161,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     if args.counts:
       result = counts()
-      print(json.dumps(result, indent=1) if args.json else
-            "\n".join(f"{k}: {v}" for k, v in result["collections"].items())
-            + f"\ntotal: {result['total']} (paper: {PAPER_COUNTS['total']})")
+      print(json.dumps(result, indent=1, ensure_ascii=False) if args.json
+            else count_table(result))
       return 0
     if not args.name:
       parser.error("give a task or mixture NAME, or --counts")

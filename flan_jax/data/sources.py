@@ -24,6 +24,7 @@ import seqio
 import tensorflow as tf
 
 PathLike = Union[str, os.PathLike]
+RowFn = Callable[[dict[str, Any]], dict[str, Any]]
 SplitFiles = Mapping[str, Union[PathLike, Sequence[PathLike]]]
 DATA_DIR_ENV = "FLAN_JAX_DATA_DIR"
 FLAN_METADATA_FIELDS = ("_task_name", "_task_source", "_template_type", "_template_idx")
@@ -51,11 +52,12 @@ def data_dir() -> Path:
   return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
-def _require_file(path: Path, what: str) -> None:
+def _require_file(path: Path, what: str, how_to_get: str = "") -> None:
   if not path.exists():
     raise FileNotFoundError(
-        f"{what} file '{path}' does not exist. Download it from its source and point "
-        f"${DATA_DIR_ENV} at the folder holding it (or fix the path).")
+        f"{what} file '{path}' does not exist. " + (how_to_get or (
+            f"Download it from its source and point ${DATA_DIR_ENV} at the folder holding it "
+            "(or fix the path).")))
 
 
 def _fail(message: str, stats: Optional[SkipStats], skip: bool) -> None:
@@ -65,11 +67,29 @@ def _fail(message: str, stats: Optional[SkipStats], skip: bool) -> None:
     stats.record(message)
 
 
+def _convert(row: dict[str, Any], row_fn: Optional[RowFn], where: str,
+             stats: Optional[SkipStats], skip: bool) -> Optional[dict[str, Any]]:
+  """`row_fn(row)`; a row it cannot map is malformed at `where` (None when skipped)."""
+  if row_fn is None:
+    return row
+  try:
+    return row_fn(row)
+  except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+    detail = f"missing field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+    _fail(f"{where}: cannot map the row ({detail}).", stats, skip)
+    return None
+
+
 def read_jsonl(path: PathLike, *, required: Sequence[str] = (), skip_malformed: bool = False,
-               stats: Optional[SkipStats] = None) -> list[dict[str, Any]]:
-  """Rows of a JSON-lines file (blank lines ignored); each must be an object with `required` keys."""
+               stats: Optional[SkipStats] = None, row_fn: Optional[RowFn] = None,
+               how_to_get: str = "") -> list[dict[str, Any]]:
+  """Rows of a JSON-lines file (blank lines ignored); each must be an object with `required` keys.
+
+  `row_fn` maps each row (a row it cannot map is malformed); `how_to_get` completes the message for
+  a missing file.
+  """
   path = Path(path)
-  _require_file(path, "JSONL")
+  _require_file(path, "JSONL", how_to_get)
   rows = []
   with path.open(encoding="utf-8") as f:
     for number, line in enumerate(f, start=1):
@@ -88,37 +108,52 @@ def read_jsonl(path: PathLike, *, required: Sequence[str] = (), skip_malformed: 
       if missing:
         _fail(f"{path}:{number}: missing field(s) {', '.join(missing)}.", stats, skip_malformed)
         continue
-      rows.append(row)
+      row = _convert(row, row_fn, f"{path}:{number}", stats, skip_malformed)
+      if row is not None:
+        rows.append(row)
   return rows
 
 
-def _load_json_file(path: Path, kind: str) -> Any:
+def _load_json_file(path: Path, kind: str, how_to_get: str = "") -> Any:
   """The parsed contents of a whole-file JSON document; bad JSON names the file and line."""
-  _require_file(path, kind)
+  _require_file(path, kind, how_to_get)
   try:
     return json.loads(path.read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:
     raise MalformedRowError(f"{path}:{e.lineno}: not valid JSON ({e.msg}).") from e
 
 
-def read_json_list(path: PathLike) -> list[dict[str, Any]]:
-  """Rows of a file holding one JSON list of objects."""
+def read_json_list(path: PathLike, *, skip_malformed: bool = False,
+                   stats: Optional[SkipStats] = None, row_fn: Optional[RowFn] = None,
+                   how_to_get: str = "") -> list[dict[str, Any]]:
+  """Rows of a file holding one JSON list of objects (malformed items are named by index)."""
   path = Path(path)
-  rows = _load_json_file(path, "JSON")
-  if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-    raise MalformedRowError(f"{path}: expected a JSON list of objects.")
+  items = _load_json_file(path, "JSON", how_to_get)
+  if not isinstance(items, list):
+    raise MalformedRowError(f"{path}: expected a JSON list of objects, got "
+                            f"{type(items).__name__}.")
+  rows = []
+  for index, item in enumerate(items):
+    if not isinstance(item, dict):
+      _fail(f"{path}: item {index}: expected a JSON object, got {type(item).__name__}.", stats,
+            skip_malformed)
+      continue
+    row = _convert(item, row_fn, f"{path}: item {index}", stats, skip_malformed)
+    if row is not None:
+      rows.append(row)
   return rows
 
 
 def read_tsv(path: PathLike, columns: Sequence[str], *, unescape_newlines: bool = True,
-             skip_malformed: bool = False, stats: Optional[SkipStats] = None) -> list[dict[str, str]]:
+             skip_malformed: bool = False, stats: Optional[SkipStats] = None,
+             row_fn: Optional[RowFn] = None, how_to_get: str = "") -> list[dict[str, Any]]:
   """Rows of a header-less TSV with exactly `len(columns)` fields per line.
 
   The Flan CoT TSVs write newlines inside fields as a literal backslash-n; `unescape_newlines`
   turns them back into newlines.
   """
   path = Path(path)
-  _require_file(path, "TSV")
+  _require_file(path, "TSV", how_to_get)
   rows = []
   with path.open(encoding="utf-8", newline="") as f:
     for number, line in enumerate(f, start=1):
@@ -132,7 +167,9 @@ def read_tsv(path: PathLike, columns: Sequence[str], *, unescape_newlines: bool 
         continue
       if unescape_newlines:
         fields = [v.replace("\\n", "\n") for v in fields]
-      rows.append(dict(zip(columns, fields)))
+      row = _convert(dict(zip(columns, fields)), row_fn, f"{path}:{number}", stats, skip_malformed)
+      if row is not None:
+        rows.append(row)
   return rows
 
 
@@ -162,9 +199,10 @@ def _file_list(files: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
 
 def local_source(split_files: SplitFiles, *, file_format: str = "jsonl",
                  columns: Sequence[str] = (), required: Sequence[str] = (),
-                 row_fn: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None,
-                 skip_malformed: bool = False, stats: Optional[SkipStats] = None,
-                 num_input_examples: Optional[Mapping[str, int]] = None) -> seqio.DataSource:
+                 row_fn: Optional[RowFn] = None, skip_malformed: bool = False,
+                 stats: Optional[SkipStats] = None,
+                 num_input_examples: Optional[Mapping[str, int]] = None,
+                 how_to_get: str = "") -> seqio.DataSource:
   """A SeqIO source over local JSONL or TSV files, one or more per split.
 
   Args:
@@ -172,9 +210,11 @@ def local_source(split_files: SplitFiles, *, file_format: str = "jsonl",
     file_format: "jsonl", "json" (one JSON list of objects) or "tsv" (TSV needs `columns`).
     columns: TSV column names.
     required: JSONL keys every row must have.
-    row_fn: maps a parsed row to a canonical example (e.g. renames fields).
+    row_fn: maps a parsed row to a canonical example (e.g. renames fields); a row it cannot map
+      (KeyError, ValueError, TypeError, ...) is malformed, named by file and line.
     skip_malformed: count and skip malformed rows (in `stats`) instead of raising.
     num_input_examples: known example counts per split (used by mixing rates).
+    how_to_get: how to obtain a missing file (ends the error message), e.g. the export command.
   """
   if file_format not in ("jsonl", "json", "tsv"):
     raise ValueError(f"file_format must be 'jsonl', 'json' or 'tsv', not '{file_format}'.")
@@ -184,15 +224,14 @@ def local_source(split_files: SplitFiles, *, file_format: str = "jsonl",
   def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
     del shuffle_files, seed  # Files are read in order; shuffling is left to the mixture.
     rows = []
+    common = dict(skip_malformed=skip_malformed, stats=stats, row_fn=row_fn, how_to_get=how_to_get)
     for path in _file_list(split_files[split]):
       if file_format == "jsonl":
-        rows += read_jsonl(path, required=required, skip_malformed=skip_malformed, stats=stats)
+        rows += read_jsonl(path, required=required, **common)
       elif file_format == "json":
-        rows += read_json_list(path)
+        rows += read_json_list(path, **common)
       else:
-        rows += read_tsv(path, columns, skip_malformed=skip_malformed, stats=stats)
-    if row_fn is not None:
-      rows = [row_fn(r) for r in rows]
+        rows += read_tsv(path, columns, **common)
     paths = ", ".join(str(p) for p in _file_list(split_files[split]))
     return rows_to_dataset(rows, f"split '{split}' ({paths})")
 
@@ -205,12 +244,20 @@ def local_source(split_files: SplitFiles, *, file_format: str = "jsonl",
 COT_COLUMNS = ("question", "answer", "rationale")
 
 
+COT_TSV_URL = "https://github.com/google-research/FLAN/tree/main/flan/v2/cot_data"
+
+
 def cot_tsv_source(path: PathLike, *, skip_malformed: bool = False,
                    num_examples: Optional[int] = None) -> seqio.DataSource:
   """A Flan CoT training TSV (question, answer, rationale) as the `train` split."""
   counts = {"train": num_examples} if num_examples else None
+  path = Path(path)
+  how_to_get = (f"Get {path.name} from the Flan collection's CoT data ({COT_TSV_URL}/{path.name}) "
+                f"and put it in {path.parent} (or point ${DATA_DIR_ENV} at a folder holding "
+                "flan_cot/).")
   return local_source({"train": path}, file_format="tsv", columns=COT_COLUMNS,
-                      skip_malformed=skip_malformed, num_input_examples=counts)
+                      skip_malformed=skip_malformed, num_input_examples=counts,
+                      how_to_get=how_to_get)
 
 
 def gsm8k_row(row: Mapping[str, Any]) -> dict[str, str]:
@@ -231,11 +278,16 @@ def gsm8k_source(folder: PathLike, *, num_input_examples: Optional[Mapping[str, 
 
 # ----------------------------------------------------------------------------- NIv2 task JSON
 
+NIV2_URL = "https://github.com/allenai/natural-instructions"
+
+
 @functools.lru_cache(maxsize=64)
 def read_niv2_task(path: PathLike) -> dict[str, Any]:
   """A Super-NaturalInstructions task file, checked for the fields the Flan templates use."""
   path = Path(path)
-  task = _load_json_file(path, "Super-NaturalInstructions task")
+  task = _load_json_file(path, "Super-NaturalInstructions task", (
+      f"Clone {NIV2_URL} (its tasks/ folder holds every task file) and set $FLAN_JAX_NIV2_DIR "
+      "to the clone."))
   missing = [k for k in ("Definition", "Positive Examples", "Instances") if k not in task]
   if missing:
     raise MalformedRowError(f"{path}: not a Super-NaturalInstructions task file (missing "
@@ -248,24 +300,32 @@ def _definition(task: Mapping[str, Any]) -> str:
   return " ".join(definition) if isinstance(definition, list) else str(definition)
 
 
-def niv2_examples(path: PathLike) -> list[dict[str, str]]:
-  """Canonical examples of an NIv2 task: definition, input, answer (the first reference output)."""
+def _niv2_pairs(path: PathLike, key: str) -> list[dict[str, str]]:
+  """`key` ("Instances" or "Positive Examples") as canonical examples; the answer is the first
+  reference output. A malformed entry is named by file, key and index."""
   task = read_niv2_task(path)
   definition = _definition(task)
   out = []
-  for instance in task["Instances"]:
-    outputs = instance["output"]
-    answer = outputs[0] if isinstance(outputs, list) and outputs else str(outputs)
-    out.append({"definition": definition, "input": instance["input"], "answer": answer})
+  for index, entry in enumerate(task[key]):
+    outputs = entry.get("output") if isinstance(entry, dict) else None
+    answer = outputs[0] if isinstance(outputs, list) and outputs else outputs
+    if not isinstance(entry, dict) or not isinstance(entry.get("input"), str) or not (
+        isinstance(answer, str) and answer):
+      raise MalformedRowError(
+          f"{path}: {key}[{index}]: expected an object with a string 'input' and a non-empty "
+          "'output' (a string or a list of strings). Fix the task file.")
+    out.append({"definition": definition, "input": entry["input"], "answer": answer})
   return out
+
+
+def niv2_examples(path: PathLike) -> list[dict[str, str]]:
+  """Canonical examples of an NIv2 task's Instances: definition, input, answer."""
+  return _niv2_pairs(path, "Instances")
 
 
 def niv2_positive_examples(path: PathLike) -> list[dict[str, str]]:
   """The task's Positive Examples as canonical examples: the few-shot exemplar pool."""
-  task = read_niv2_task(path)
-  definition = _definition(task)
-  return [{"definition": definition, "input": e["input"], "answer": e["output"]}
-          for e in task["Positive Examples"]]
+  return _niv2_pairs(path, "Positive Examples")
 
 
 def niv2_source(path: PathLike, *, num_examples: Optional[int] = None) -> seqio.DataSource:

@@ -86,7 +86,8 @@ def register_task(base_name: str, source: seqio.DataSource, family: templates.Te
                   num_examples: Optional[int] = None, count_source: str = "unknown",
                   output_features: Optional[Mapping[str, seqio.Feature]] = None,
                   metric_fns: Sequence[Callable[..., Any]] = (), seed: int = 0,
-                  options_mode: str = "deterministic") -> dict[str, str]:
+                  options_mode: str = "deterministic",
+                  drop_rows_without_options: bool = False) -> dict[str, str]:
   """Registers `<base_name>_<template_type>` for each template type; returns {type: task name}.
 
   Args:
@@ -100,26 +101,32 @@ def register_task(base_name: str, source: seqio.DataSource, family: templates.Te
     exemplars: few-shot pool; default: the source's train split after `row_preprocessors`.
     num_examples: training examples, for capped mixing rates; `count_source` says where it is from.
     output_features: default T5 vocabulary `inputs`/`targets`.
+    drop_rows_without_options: the option variants (and their exemplar pools) skip rows whose
+      `options` is empty, for sources that mix multiple-choice and open rows (P3 exports).
   """
   features = output_features or t5_output_features()
   types = [t for t in template_types if family.supports(t)]
   if not types:
     raise ValueError(f"Task '{base_name}': family '{family.name}' supports none of "
                      f"{', '.join(template_types)}.")
-  if exemplars is None and any(t in templates.FEW_SHOT_TYPES for t in types):
-    exemplars = exemplars_from_source(source, row_preprocessors)
+  pools = {}  # exemplar pool per row-preprocessor chain, read lazily
   variants = {}
   for template_type in types:
     name = variant_name(base_name, template_type)
+    filtered = drop_rows_without_options and template_type in templates.OPTION_TYPES
+    preprocessors = [*row_preprocessors, *((_keep_rows_with_options,) if filtered else ())]
+    pool = exemplars
+    if pool is None and template_type in templates.FEW_SHOT_TYPES:
+      pool = pools.setdefault(filtered, exemplars_from_source(source, preprocessors))
     if name in seqio.TaskRegistry.names():
       seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(
         name, source=source,
         preprocessors=[
-            *row_preprocessors,
+            *preprocessors,
             formatting.make_preprocessor(family, template_type, task_name=name,
                                          task_source=collection, seed=seed,
-                                         options_mode=options_mode, exemplars=exemplars),
+                                         options_mode=options_mode, exemplars=pool),
             seqio.preprocessors.tokenize,
             seqio.CacheDatasetPlaceholder(),
             seqio.preprocessors.append_eos_after_trim,
@@ -129,6 +136,10 @@ def register_task(base_name: str, source: seqio.DataSource, family: templates.Te
   CATALOG.setdefault(collection, {})[base_name] = CatalogEntry(
       collection, base_name, variants, num_examples, count_source)
   return variants
+
+
+def _keep_rows_with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  return dataset.filter(lambda example: tf.size(example["options"]) > 0)
 
 
 def register_prerendered_task(name: str, source: seqio.DataSource, *, collection: str,
