@@ -201,22 +201,43 @@ def test_one_optimizer_step_from_the_imported_state_is_t5x_adafactor(source, res
   np.testing.assert_allclose(new[name], expected, rtol=1e-5, atol=1e-7)
 
 
-def test_readme_optimizer_state_command(tmp_path, capsys, monkeypatch):
-  """The README's `--with_optimizer_state` command, on the real legacy checkpoint (zeros, step 0)."""
+def test_readme_optimizer_state_and_t5x_export_commands(tmp_path, capsys, monkeypatch, source):
+  """The README's second block on the real legacy checkpoint (zero statistics, step 0): import
+  with the optimizer state, then export back to T5X's scanned layout."""
   from conftest import REPO_ROOT
   from flan_jax.convert import __main__ as cli
-  require_shared_data("t5x_checkpoints", "test_t5_tiny.checkpoint_0")
   require_shared_data("t5_vocab", "t5_spiece.model")
   section = (REPO_ROOT / "README.md").read_text().split("## Converting checkpoints", 1)[1].split("\n## ", 1)[0]
-  command = next(line for block in re.findall(r"```bash\n(.*?)```", section, re.S)
-                 for line in block.splitlines() if "--with_optimizer_state" in line)
-  argv = command.replace("$OUT", str(tmp_path)).split()
+  block = re.findall(r"```bash\n(.*?)```", section, re.S)[1]
+  commands = [c.replace("$OUT", str(tmp_path)).split() for c in block.splitlines()
+              if c.startswith("python -m flan_jax.convert")]
+  assert [c[3] for c in commands] == ["t5x-to-flax", "flax-to-t5x"]
   monkeypatch.chdir(REPO_ROOT)  # the README's relative ../shared/data paths
-  assert argv[:3] == ["python", "-m", "flan_jax.convert"] and cli.main(argv[3:]) == 0
+  for command in commands:
+    assert cli.main(command[3:]) == 0, command
   printed = capsys.readouterr().out
   assert "optimizer state at step 0: 52 second moments copied" in printed, printed
   step_dir = tmp_path / "t5_tiny_resume" / "checkpoints" / "0"
   assert sorted(p.name for p in step_dir.iterdir() if p.is_dir()) == ["data_iter", "opt_state", "params"]
+  exported = t5x.read_checkpoint(tmp_path / "t5_tiny_t5x")
+  assert exported.layout == "legacy" and exported.step == 0
+  scanned, _ = _scan(source["params"], source["states"], source["factors"])
+  got = params_lib.flatten(exported.params)
+  assert set(got) == set(scanned)
+  for name, value in scanned.items():
+    np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_t5x_to_flax_to_t5x_is_bit_identical(source, resumed, tmp_path):
+  folder = core.save_t5x(resumed["loaded"], tmp_path)
+  assert folder.name == f"checkpoint_{STEP}"
+  exported = t5x.read_checkpoint(tmp_path)
+  assert exported.step == STEP
+  got = params_lib.flatten(exported.params)
+  assert set(got) == set(source["params"])
+  for name, value in source["params"].items():
+    assert got[name].shape == value.shape and got[name].dtype == value.dtype, name
+    np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 def test_momentum_maps_and_missing_momentum_is_reported(source):

@@ -1,10 +1,12 @@
-"""Checkpoint conversion: T5X → flan_jax, Hugging Face → flan_jax, flan_jax → Hugging Face.
+"""Checkpoint conversion: T5X ↔ flan_jax, Hugging Face ↔ flan_jax.
 
   python -m flan_jax.convert t5x-to-flax --input T5X_CKPT --output MODEL_DIR [--vocab SPM]
       [--config flan_t5_small | --gin_file models/flan_t5_small.gin] [--with_optimizer_state]
       [--t5x_param_scan_axis 1] [--gin.optim.adafactor.min_dim_size_to_factor=128 ...]
   python -m flan_jax.convert hf-to-flax --input HF_DIR --output MODEL_DIR [--allow_pickle]
   python -m flan_jax.convert flax-to-hf --input MODEL_DIR --output HF_DIR [--step N]
+  python -m flan_jax.convert flax-to-t5x --input MODEL_DIR --output T5X_DIR [--step N]
+      [--t5x_scan_layers [--t5x_param_scan_axis 1]]
 
 T5X checkpoints carry no config: it is inferred from the parameter shapes unless --config (a
 name from flan_jax.models.configs.CONFIGS) or --gin_file (a model gin, e.g.
@@ -23,7 +25,7 @@ from typing import Any, Sequence
 from flan_jax import gin_utils
 from flan_jax.convert import core
 
-COMMANDS = ("t5x-to-flax", "hf-to-flax", "flax-to-hf")
+COMMANDS = ("t5x-to-flax", "hf-to-flax", "flax-to-hf", "flax-to-t5x")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,11 +42,13 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--gin_search_paths", action="append", default=[])
   parser.add_argument("--allow_pickle", action="store_true",
                       help="allow PyTorch .bin weights (unpickling runs code: trusted files only)")
-  parser.add_argument("--step", type=int, help="flax-to-hf: checkpoint step (default latest)")
+  parser.add_argument("--step", type=int, help="flax-to-*: checkpoint step (default latest)")
   parser.add_argument("--with_optimizer_state", action="store_true",
                       help="t5x-to-flax: also import the Adafactor state (resumable training checkpoint)")
   parser.add_argument("--t5x_param_scan_axis", type=int, default=1,
-                      help="t5x-to-flax: layer axis of scanned T5X params (T5X's param_scan_axis)")
+                      help="layer axis of scanned T5X params (T5X's param_scan_axis)")
+  parser.add_argument("--t5x_scan_layers", action="store_true",
+                      help="flax-to-t5x: write T5X's scanned layout (encoder/layers/...)")
   return parser
 
 
@@ -82,8 +86,11 @@ def run(argv: Sequence[str]) -> None:
   elif args.command == "hf-to-flax":
     out = core.hf_to_flax(args.input, args.output, allow_pickle=args.allow_pickle,
                           vocab_path=args.vocab)
-  else:
+  elif args.command == "flax-to-hf":
     out = core.flax_to_hf(args.input, args.output, step=args.step)
+  else:
+    out = core.flax_to_t5x(args.input, args.output, step=args.step, scanned=args.t5x_scan_layers,
+                           param_scan_axis=args.t5x_param_scan_axis)
   print(f"wrote {out}")
 
 

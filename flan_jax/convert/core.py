@@ -145,6 +145,16 @@ def save_hf(loaded: Loaded, output: str | Path) -> Path:
   return Path(output)
 
 
+def save_t5x(loaded: Loaded, output: str | Path, *, scanned: bool = False,
+             param_scan_axis: int = t5x.T5X_PARAM_SCAN_AXIS) -> Path:
+  """Writes `output/checkpoint_<step>/` in T5X's legacy layout (model and step, see t5x.write_legacy)."""
+  if loaded.family != "t5":
+    raise ValueError("T5X export is for T5 (encoder-decoder) models; export decoder-only models "
+                     "to Hugging Face (flax-to-hf)")
+  flat = t5x.to_t5x_layout(params_lib.flatten(loaded.params), scanned, param_scan_axis)
+  return t5x.write_legacy(output, flat, loaded.step)
+
+
 def t5x_to_flax(source: str | Path, output: str | Path, *, config: Any = None,
                 vocab_path: str | Path | None = None, **options: Any) -> Path:
   """`load_t5x` (options: with_optimizer_state, optimizer, param_scan_axis, config fields) + save."""
@@ -159,3 +169,9 @@ def hf_to_flax(source: str | Path, output: str | Path, *, allow_pickle: bool = F
 
 def flax_to_hf(source: str | Path, output: str | Path, step: int | None = None) -> Path:
   return save_hf(load_flax(source, step), output)
+
+
+def flax_to_t5x(source: str | Path, output: str | Path, step: int | None = None,
+                **options: Any) -> Path:
+  """`save_t5x(load_flax(source, step), output, **options)` (options: scanned, param_scan_axis)."""
+  return save_t5x(load_flax(source, step), output, **options)

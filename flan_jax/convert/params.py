@@ -57,7 +57,7 @@ def fit_params(flat: Mapping[str, np.ndarray], expected: Mapping[str, jax.ShapeD
     expected: `network_param_shapes(...)` of the target network.
     source: what the params came from, for the error message.
   """
-  flat = _stack_layers(dict(flat), expected)
+  flat = stack_layers(flat, expected)
   problems = []
   for name in sorted(set(expected) - set(flat)):
     problems.append(f"missing parameter {name}: expected shape {tuple(expected[name].shape)}")
@@ -82,19 +82,21 @@ def fit_params(flat: Mapping[str, np.ndarray], expected: Mapping[str, jax.ShapeD
   return unflatten(fitted)
 
 
-def _stack_layers(flat: dict[str, Any], expected: Mapping[str, Any]) -> dict[str, Any]:
-  """`.../layers_N/x` → `.../layers/x` stacked on a leading axis, where the network is scanned."""
+def stack_layers(flat: Mapping[str, Any], expected: Mapping[str, Any] | None = None,
+                 axis: int = 0) -> dict[str, Any]:
+  """`.../layers_N/x` → `.../layers/x` stacked on `axis`: every layer, or (given the network's
+  `expected` names) those the network keeps stacked. The reverse of `unstack_layers`."""
   groups: dict[str, dict[int, Any]] = {}
   out = {}
   for name, value in flat.items():
     match = _LAYER.match(name)
     stacked = match and f"{match.group(1) or ''}layers{match.group(3)}"
-    if stacked and stacked in expected and name not in expected:
+    if stacked and (expected is None or (stacked in expected and name not in expected)):
       groups.setdefault(stacked, {})[int(match.group(2))] = value
     else:
       out[name] = value
   for stacked, layers in groups.items():
-    out[stacked] = np.stack([np.asarray(layers[i]) for i in sorted(layers)])
+    out[stacked] = np.stack([np.asarray(layers[i]) for i in sorted(layers)], axis=axis)
   return out
 
 

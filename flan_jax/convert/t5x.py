@@ -150,6 +150,32 @@ def unscan(flat: Mapping[str, Any], param_scan_axis: int = T5X_PARAM_SCAN_AXIS) 
   return params_lib.unstack_layers(flat, axis=param_scan_axis)
 
 
+def to_t5x_layout(flat: Mapping[str, Any], scanned: bool = False,
+                  param_scan_axis: int = T5X_PARAM_SCAN_AXIS) -> dict[str, np.ndarray]:
+  """flan_jax params (either layout) → T5X's: unscanned `layers_N` with T5X's 2-D attention kernels
+  (`[embed, heads*kv]`, `[heads*kv, embed]`), or stacked on `param_scan_axis` when `scanned`."""
+  out = {}
+  for name, value in params_lib.unstack_layers(flat).items():
+    if value.ndim == 3 and "attention/" in name:
+      value = value.reshape(-1, value.shape[-1]) if name.endswith("out/kernel") else value.reshape(value.shape[0], -1)
+    out[name] = value
+  return params_lib.stack_layers(out, axis=param_scan_axis) if scanned else out
+
+
+def write_legacy(folder: str | Path, params: Mapping[str, Any], step: int) -> Path:
+  """Writes `folder/checkpoint_<step>/checkpoint`: T5X's legacy msgpack layout (arrays inline).
+
+  Only the model and the step: `param_states` is empty, so T5X restores it with its optimizer
+  state skipped (e.g. `RestoreCheckpointConfig.assignment_map = ((r'state/param_states.*', None),)`).
+  """
+  path = Path(folder) / f"checkpoint_{step}" / INDEX_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tree = {"version": 3, "optimizer": {"target": params_lib.unflatten(dict(params)),
+                                      "state": {"step": np.int32(step), "param_states": {}}}}
+  path.write_bytes(serialization.msgpack_serialize(tree))
+  return path.parent
+
+
 def _read_ocdbt(path: Path) -> dict[str, Any]:
   """The whole tree of an Orbax OCDBT step folder, arrays as numpy (no device placement)."""
   import jax  # pylint: disable=import-outside-toplevel
