@@ -39,7 +39,7 @@ _STAT_FIELDS = ("v_row", "v_col", "v", "m")
 
 @dataclasses.dataclass(frozen=True)
 class Moment:
-  """T5X's second-moment statistics of one parameter: `v`, or `v_row` / `v_col` over `rows` / `cols`."""
+  """T5X's second moment of one parameter: `v`, or `v_row` / `v_col` factored over `rows` / `cols`."""
   shape: tuple[int, ...]
   v: np.ndarray | None = None
   v_row: np.ndarray | None = None
@@ -68,8 +68,10 @@ class Moment:
     if not self.factored:
       return Moment(shape, v=np.take(self.v, index, axis=axis))
     drop = lambda dims: tuple(d - (d > axis) for d in dims)  # noqa: E731
-    return Moment(shape, v_row=np.take(self.v_row, index, axis=axis - sum(c < axis for c in self.cols)),
-                  v_col=np.take(self.v_col, index, axis=axis - sum(r < axis for r in self.rows)),
+    row_axis = axis - sum(c < axis for c in self.cols)  # where the axis sits in v_row / v_col
+    col_axis = axis - sum(r < axis for r in self.rows)
+    return Moment(shape, v_row=np.take(self.v_row, index, axis=row_axis),
+                  v_col=np.take(self.v_col, index, axis=col_axis),
                   rows=drop(self.rows), cols=drop(self.cols))
 
 
@@ -102,7 +104,8 @@ def read_moments(param_states: Mapping[str, Any], param_shapes: Mapping[str, tup
   for name, stats in by_param.items():
     if name not in param_shapes:
       raise params_lib.ParamMismatchError(
-          f"T5X optimizer state has statistics for {name}, which is not a parameter of the checkpoint")
+          f"T5X optimizer state has statistics for {name}, which is not a parameter of the "
+          f"checkpoint")
     shape = tuple(param_shapes[name])
     stacked = scan_axis is not None and params_lib.is_stacked(name)
     moment = _moment(name, stats, shape, scan_axis if stacked else None)
@@ -140,7 +143,9 @@ def _factor_axes(shape: tuple[int, ...], row_shape: tuple[int, ...], col_shape: 
   (rows = axis 0, v_row averages axis 1).
   """
   for roles in itertools.product("RCB", repeat=len(shape)):
-    if "R" not in roles or "C" not in roles or (batch_axis is not None and roles[batch_axis] != "B"):
+    if "R" not in roles or "C" not in roles:
+      continue
+    if batch_axis is not None and roles[batch_axis] != "B":
       continue
     rows = tuple(i for i, r in enumerate(roles) if r == "R")
     cols = tuple(i for i, r in enumerate(roles) if r == "C")
@@ -186,7 +191,8 @@ def _count(report: Counter, moment: Moment, dims: tuple[int, int] | None) -> Non
            else "second moments averaged onto optax's factors"] += 1
 
 
-def _layer_moments(name: str, shape: tuple[int, ...], moments: Mapping[str, Moment]) -> list[Moment] | None:
+def _layer_moments(name: str, shape: tuple[int, ...],
+                   moments: Mapping[str, Moment]) -> list[Moment] | None:
   """Per-layer moments for a flan_jax param (`[layers, ...]` when its name is stacked)."""
   if name in moments:
     return [moments[name]]
@@ -222,7 +228,8 @@ def build_state(tx: optax.GradientTransformation, params: Any, step: int,
 
   Parameters without T5X statistics start fresh (zeros), counted in the report.
   """
-  abstract = jax.eval_shape(tx.init, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
+  abstract = jax.eval_shape(tx.init, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
   report: Counter = Counter()
   shapes = {k: tuple(v.shape) for k, v in params_lib.flatten(params).items()}
   found = {"factored": False}
@@ -257,9 +264,11 @@ def build_state(tx: optax.GradientTransformation, params: Any, step: int,
       m = momenta.get(name)
       if m is None and params_lib.is_stacked(name):
         layers = [momenta.get(params_lib.layer_name(name, i)) for i in range(want.shape[0])]
-        m = None if any(x is None for x in layers) else np.stack([x.reshape(want.shape[1:]) for x in layers])
+        if all(x is not None for x in layers):
+          m = np.stack([x.reshape(want.shape[1:]) for x in layers])
       report["momenta copied" if m is not None else "momenta fresh (no T5X momentum)"] += 1
-      ema[name] = np.zeros(want.shape, want.dtype) if m is None else np.asarray(m, want.dtype).reshape(want.shape)
+      ema[name] = (np.zeros(want.shape, want.dtype) if m is None
+                   else np.asarray(m, want.dtype).reshape(want.shape))
     return optax.EmaState(count=np.asarray(step, node.count.dtype), ema=params_lib.unflatten(ema))
 
   def fill(node: Any) -> Any:

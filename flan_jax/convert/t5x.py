@@ -157,7 +157,8 @@ def to_t5x_layout(flat: Mapping[str, Any], scanned: bool = False,
   out = {}
   for name, value in params_lib.unstack_layers(flat).items():
     if value.ndim == 3 and "attention/" in name:
-      value = value.reshape(-1, value.shape[-1]) if name.endswith("out/kernel") else value.reshape(value.shape[0], -1)
+      out_kernel = name.endswith("out/kernel")
+      value = value.reshape(-1, value.shape[-1]) if out_kernel else value.reshape(value.shape[0], -1)
     out[name] = value
   return params_lib.stack_layers(out, axis=param_scan_axis) if scanned else out
 
@@ -166,7 +167,7 @@ def write_legacy(folder: str | Path, params: Mapping[str, Any], step: int) -> Pa
   """Writes `folder/checkpoint_<step>/checkpoint`: T5X's legacy msgpack layout (arrays inline).
 
   Only the model and the step: `param_states` is empty, so T5X restores it with its optimizer
-  state skipped (e.g. `RestoreCheckpointConfig.assignment_map = ((r'state/param_states.*', None),)`).
+  state skipped (e.g. RestoreCheckpointConfig.assignment_map = ((r'state/param_states.*', None),)).
   """
   path = Path(folder) / f"checkpoint_{step}" / INDEX_FILE
   path.parent.mkdir(parents=True, exist_ok=True)
