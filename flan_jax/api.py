@@ -13,7 +13,9 @@
 `python -m flan_jax.train` would take on its command line.
 
 `load` takes a flan_jax model directory (a training run or a converted checkpoint); any other
-path (a T5X checkpoint, a Hugging Face folder) goes through `flan_jax.convert.auto.load_any`.
+path (a T5X checkpoint, a Hugging Face folder) goes through `flan_jax.convert.auto.load_any`. A
+remote model directory (`gs://bucket/run`) is first copied, spec, vocabulary and the one checkpoint
+step asked for, into `$FLAN_JAX_CACHE_DIR/remote/` (reused on the next load of the same step).
 
 Prompts are batched (`batch_size` rows, the last batch padded by repeating its last row), each
 batch sharded over a data-parallel mesh of all devices; the compiled step is reused for every
@@ -21,7 +23,10 @@ batch of the same shape (input lengths are rounded up to a multiple of `LENGTH_B
 """
 from __future__ import annotations
 
+import json
 import math
+import re
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,8 @@ from flan_jax import model_dir as model_dir_lib
 from flan_jax import partitioning
 
 LENGTH_BUCKET = 32
+REMOTE_PREFIXES = ("gs://", "s3://")
+_COPY_CHUNK_BYTES = 64 << 20
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -151,12 +158,15 @@ def load(path: str | Path, *, step: int | None = None, batch_size: int = 8) -> L
   """Loads a checkpoint for inference: a flan_jax model dir, a T5X checkpoint or an HF folder.
 
   Args:
-    path: local path or `gs://` URL of a flan_jax model directory (a training run's MODEL_DIR or a
-      converted checkpoint); any other path is converted on the fly (see `flan_jax.convert`).
+    path: local path of a flan_jax model directory (a training run's MODEL_DIR or a converted
+      checkpoint), or its `gs://` URL (copied locally first: `fetch_model_dir`); any other local
+      path is converted on the fly (see `flan_jax.convert`).
     step: checkpoint step of a flan_jax model directory (default: the latest).
     batch_size: rows per compiled batch for `generate` / `score` (rounded up to the device count).
   """
   from flan_jax import models  # pylint: disable=import-outside-toplevel
+  if str(path).startswith(REMOTE_PREFIXES):
+    path, step = fetch_model_dir(str(path), step)
   path = Path(path).expanduser()
   if not (path / model_dir_lib.SPEC_FILE).exists():
     from flan_jax.convert import auto  # pylint: disable=import-outside-toplevel
@@ -165,6 +175,55 @@ def load(path: str | Path, *, step: int | None = None, batch_size: int = 8) -> L
   model = models.build_model(model_dir_lib.read_spec(path), path)
   params = model_dir_lib.restore_params(path, step)
   return LoadedModel(model, params, batch_size=batch_size)
+
+
+def fetch_model_dir(url: str, step: int | None = None,
+                    cache: str | Path | None = None) -> tuple[Path, int]:
+  """Copies a remote flan_jax model dir (spec, vocabulary, one checkpoint step) to a local folder.
+
+  Returns (local model dir, step). `step` defaults to the latest; `cache` to
+  `$FLAN_JAX_CACHE_DIR/remote`. Any path etils.epath reads works (gs:// needs Google Cloud
+  credentials, e.g. `google.colab.auth.authenticate_user()` in Colab).
+  """
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  from flan_jax.data import vocab  # pylint: disable=import-outside-toplevel
+  source = epath.Path(url)
+  if not (source / model_dir_lib.SPEC_FILE).exists():
+    raise FileNotFoundError(
+        f"{url} has no {model_dir_lib.SPEC_FILE}: only flan_jax model directories are read "
+        f"remotely; copy other checkpoints locally and load (or convert) them from there")
+  checkpoints = source / model_dir_lib.CHECKPOINTS_DIR
+  steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) \
+      if checkpoints.exists() else []
+  if not steps or (step is not None and step not in steps):
+    asked = "" if step is None else f" {step}"
+    raise FileNotFoundError(f"no checkpoint step{asked} under {checkpoints} (steps there: "
+                            f"{steps or 'none'})")
+  step = steps[-1] if step is None else step
+  target = Path(cache or vocab.cache_dir() / "remote") / re.sub(r"[^A-Za-z0-9_.-]+", "_",
+                                                                 url.rstrip("/"))
+  done = target / model_dir_lib.CHECKPOINTS_DIR / f".fetched_{step}"
+  if done.exists():
+    return target, step
+  shutil.rmtree(target / model_dir_lib.CHECKPOINTS_DIR / str(step), ignore_errors=True)
+  spec = model_dir_lib.ModelSpec(**json.loads((source / model_dir_lib.SPEC_FILE).read_text()))
+  wanted = [source / model_dir_lib.SPEC_FILE, source / spec.vocabulary]
+  wanted += _files_under(checkpoints / str(step))
+  for file in wanted:
+    local = target / file.relative_to(source)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with file.open("rb") as src, open(local, "wb") as dst:
+      shutil.copyfileobj(src, dst, _COPY_CHUNK_BYTES)
+  done.touch()
+  return target, step
+
+
+def _files_under(folder: Any) -> list[Any]:
+  """Every file below an etils.epath folder (whose gs:// backend refuses recursive globs)."""
+  files = []
+  for child in folder.iterdir():
+    files += _files_under(child) if child.is_dir() else [child]
+  return files
 
 
 def _gin_value(value: Any) -> str:
@@ -218,7 +277,8 @@ def finetune(model_dir: str | Path, *, gin_files: Sequence[str] = ("runs/demo.gi
   return model_dir
 
 
-def read_metrics(model_dir: str | Path, subdir: str = "train") -> dict[str, list[tuple[int, float]]]:
+def read_metrics(model_dir: str | Path,
+                 subdir: str = "train") -> dict[str, list[tuple[int, float]]]:
   """Scalars a training run wrote to MODEL_DIR/<subdir> (TensorBoard events), by name.
 
   Returns {name: [(step, value), ...]} sorted by step, e.g. `read_metrics(d)["train/loss"]`;

@@ -81,7 +81,8 @@ def test_reinitialized_is_where_training_from_scratch_starts(tiny_t5_model_dir):
   from flan_jax.trainer import Trainer  # pylint: disable=import-outside-toplevel
   loaded = api.load(tiny_t5_model_dir)
   shapes = {k: v.shape for k, v in loaded.model.make_batch([[1]] * 8, [[1]] * 8, 16, 8).items()}
-  trainer = Trainer(loaded.model, optim.adafactor(), partitioning.create_mesh(data=-1), shapes, seed=3)
+  mesh = partitioning.create_mesh(data=-1)
+  trainer = Trainer(loaded.model, optim.adafactor(), mesh, shapes, seed=3)
   start = jax.tree.leaves(trainer.init_state().params)
   fresh = jax.tree.leaves(loaded.reinitialized(seed=3).params)
   assert len(start) == len(fresh)
@@ -95,3 +96,17 @@ def test_finetune_names_a_misspelled_macro(tmp_path):
   with pytest.raises(gin_utils.GinConfigError, match="TRAIN_STEP.*Did you mean TRAIN_STEPS"):
     api.finetune(tmp_path / "run", gin_files=["runs/demo.gin"], bindings={"TRAIN_STEP": 3})
   assert not (tmp_path / "run").exists()
+
+
+def test_remote_model_dir_is_fetched_once_then_loaded(tiny_t5_model_dir, tmp_path):
+  """fetch_model_dir reads through etils.epath (gs:// in Colab); a local source takes the same path."""
+  local, step = api.fetch_model_dir(str(tiny_t5_model_dir), cache=tmp_path)
+  assert step == 0 and model_dir_lib.read_spec(local) == model_dir_lib.read_spec(tiny_t5_model_dir)
+  restored = jax.tree.leaves(model_dir_lib.restore_params(local, step))
+  for a, b in zip(restored, jax.tree.leaves(model_dir_lib.restore_params(tiny_t5_model_dir, 0))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert api.fetch_model_dir(str(tiny_t5_model_dir), cache=tmp_path) == (local, 0)
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint step 7 .*steps there: \[0\]"):
+    api.fetch_model_dir(str(tiny_t5_model_dir), step=7, cache=tmp_path)
+  with pytest.raises(FileNotFoundError, match="model_spec.json: only flan_jax model directories"):
+    api.fetch_model_dir(str(tmp_path), cache=tmp_path)
