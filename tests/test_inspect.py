@@ -1,7 +1,10 @@
 """The inspector CLI, and the commands and code of the README's Flan 2022 data section."""
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -86,3 +89,55 @@ def test_readme_user_task_snippet(tmp_path, monkeypatch):
                                  shuffle=False).as_numpy_iterator())
   assert row["inputs_pretokenized"] == b"Is 4 even?\nOptions:\n- yes\n- no"
   assert row["targets_pretokenized"] == b"yes"
+
+
+def test_counts_name_each_task_list_and_the_paper_gap(capsys):
+  _, out, _ = _run(capsys, "--counts", "--json")
+  by_collection = json.loads(out)["by_collection"]
+  assert {c: (r["registered"], r["paper"]) for c, r in by_collection.items()} == {
+      "flan2021": (72, 72), "dialog": (3, 3), "t0": (193, 193), "niv2": (818, 1554), "cot": (9, 9)}
+  assert by_collection["niv2"]["gap"] == 736 and by_collection["niv2"]["collection_info_csv"] == 1556
+  assert "niv2_sample: 3 task files" in by_collection["niv2"]["task_list_source"]
+  assert "57 MMLU-derived removed" in by_collection["niv2"]["task_list_source"]
+  assert by_collection["t0"]["task_list_source"].startswith("the 193 T0 rows (P3 subsets)")
+  _, table, _ = _run(capsys, "--counts")
+  assert re.search(r"niv2 +818 +1554 +736 ", table)
+
+
+def _niv2_task(i, name):
+  return {"Definition": [f"Task {i}: repeat the word."],
+          "Positive Examples": [{"input": w, "output": w} for w in ("cat", "dog", "owl", "bee")],
+          "Instances": [{"id": f"{name}-{k}", "input": f"w{k}", "output": [f"w{k}"]}
+                        for k in range(20)]}
+
+
+def test_full_niv2_checkout_registers_every_task_file(tmp_path):
+  """A generated natural-instructions checkout: 150 task files (3 MMLU-derived), split lists that
+  also name tasks without files, read by a fresh process as a user would."""
+  names = [f"task{i:04d}_{'mmmlu_answer_generation' if i % 50 == 7 else 'gen'}_{i}"
+           for i in range(150)]
+  (tmp_path / "tasks").mkdir()
+  for i, name in enumerate(names):
+    (tmp_path / "tasks" / f"{name}.json").write_text(json.dumps(_niv2_task(i, name)))
+  (tmp_path / "tasks" / "README.md").write_text("not a task")
+  splits = tmp_path / "splits" / "default"
+  splits.mkdir(parents=True)
+  (splits / "train_tasks.txt").write_text("\n".join(names[:20] + ["task9001_listed_only"]))
+  (splits / "test_tasks.txt").write_text("task9002_listed_only\n")
+  (splits / "excluded_tasks.txt").write_text("task9003_excluded\n" + names[1] + "\n")
+  script = ("import json; from flan_jax.data import inspect; inspect.main(['--counts', '--json']); "
+            "inspect.main(['niv2_task0012_gen_12', '--json'])")
+  env = {**os.environ, "FLAN_JAX_NIV2_DIR": str(tmp_path)}
+  result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300, check=True)
+  decoder = json.JSONDecoder()
+  counts, end = decoder.raw_decode(result.stdout)
+  examples = decoder.raw_decode(result.stdout[end:].lstrip())[0]
+  niv2 = counts["by_collection"]["niv2"]
+  assert niv2["registered"] == 150 - 3 + 3  # files - MMLU-derived + names only in the lists
+  assert niv2["task_list_source"].startswith(f"{tmp_path}: 150 task files in tasks/ ∪ 23 names")
+  assert "3 MMLU-derived removed" in niv2["task_list_source"]
+  assert [e["_template_type"] for e in examples] == ["zs_noopt", "fs_noopt"]
+  assert all("Task 12: repeat the word." in e["inputs"] for e in examples)
+  assert examples[0]["targets"] == "w0"  # the fs exemplars are the task's Positive Examples
+  assert any(f"{w}\n" in examples[1]["inputs"] for w in ("cat", "dog", "owl", "bee"))
