@@ -45,8 +45,11 @@ def _synthetic_states(flat_params, seed=0):
       state["v"] = rng.uniform(0.5, 2.0, p.shape).astype(np.float32)
     else:
       rows, cols = axes
-      state["v_row"] = rng.uniform(0.5, 2.0, np.delete(p.shape, cols)).astype(np.float32)
-      state["v_col"] = rng.uniform(0.5, 2.0, np.delete(p.shape, rows)).astype(np.float32)
+      v_row = rng.uniform(0.5, 2.0, np.delete(p.shape, cols))
+      v_col = rng.uniform(0.5, 2.0, np.delete(p.shape, rows))
+      # Both are running means of the same squared gradients: their means agree, as in T5X.
+      state["v_row"] = v_row.astype(np.float32)
+      state["v_col"] = (v_col * v_row.mean() / v_col.mean()).astype(np.float32)
       factors[name] = axes
     states[name] = state
   return states, factors
@@ -124,7 +127,7 @@ def resumed(source, tmp_path_factory, t5_vocab_path):
   state, data_state = ckpt.restore(trainer.abstract_state)
   ckpt.close()
   return {"loaded": loaded, "trainer": trainer, "model": model, "state": state,
-          "data_state": data_state}
+          "data_state": data_state, "dir": out}
 
 
 def _factored_state(opt_state):
@@ -238,6 +241,25 @@ def test_t5x_to_flax_to_t5x_is_bit_identical(source, resumed, tmp_path):
   for name, value in source["params"].items():
     assert got[name].shape == value.shape and got[name].dtype == value.dtype, name
     np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_flax_to_t5x_exports_the_adafactor_state(source, resumed, tmp_path):
+  core.flax_to_t5x(resumed["dir"], tmp_path, with_optimizer_state=True, min_dim_size_to_factor=8)
+  exported = t5x.read_checkpoint(tmp_path)
+  assert exported.step == STEP
+  flat = params_lib.flatten(exported.param_states)
+  for name, fields in source["states"].items():
+    if name == UNFACTORED:  # T5X's heuristic factors it on export, from optax's factors
+      np.testing.assert_allclose(flat[f"{name}/v_row"], fields["v"].mean(axis=1), rtol=1e-6)
+      assert flat[f"{name}/v"].shape == (1,)
+      continue
+    for field, value in fields.items():
+      if "attention/" in name and field in ("v_row", "v_col"):  # via optax's unfactored estimate
+        np.testing.assert_allclose(flat[f"{name}/{field}"], value, rtol=1e-5, err_msg=name)
+      else:  # copied both ways
+        np.testing.assert_array_equal(flat[f"{name}/{field}"], value, err_msg=f"{name}/{field}")
+  with pytest.raises(ValueError, match="export the optimizer state unscanned"):
+    core.flax_to_t5x(resumed["dir"], tmp_path / "s", with_optimizer_state=True, scanned=True)
 
 
 def test_momentum_maps_and_missing_momentum_is_reported(source):

@@ -6,7 +6,7 @@
   python -m flan_jax.convert hf-to-flax --input HF_DIR --output MODEL_DIR [--allow_pickle]
   python -m flan_jax.convert flax-to-hf --input MODEL_DIR --output HF_DIR [--step N]
   python -m flan_jax.convert flax-to-t5x --input MODEL_DIR --output T5X_DIR [--step N]
-      [--t5x_scan_layers [--t5x_param_scan_axis 1]]
+      [--t5x_scan_layers [--t5x_param_scan_axis 1] | --with_optimizer_state]
 
 T5X checkpoints carry no config: it is inferred from the parameter shapes unless --config (a
 name from flan_jax.models.configs.CONFIGS) or --gin_file (a model gin, e.g.
@@ -44,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="allow PyTorch .bin weights (unpickling runs code: trusted files only)")
   parser.add_argument("--step", type=int, help="flax-to-*: checkpoint step (default latest)")
   parser.add_argument("--with_optimizer_state", action="store_true",
-                      help="t5x-to-flax: also import the Adafactor state (resumable training checkpoint)")
+                      help="also convert the Adafactor state (t5x-to-flax: a resumable training "
+                           "checkpoint; flax-to-t5x: T5X's param_states, unscanned)")
+  parser.add_argument("--t5x_min_dim_size_to_factor", type=int, default=128,
+                      help="flax-to-t5x: T5X Adafactor's min_dim_size_to_factor")
   parser.add_argument("--t5x_param_scan_axis", type=int, default=1,
                       help="layer axis of scanned T5X params (T5X's param_scan_axis)")
   parser.add_argument("--t5x_scan_layers", action="store_true",
@@ -89,8 +92,10 @@ def run(argv: Sequence[str]) -> None:
   elif args.command == "flax-to-hf":
     out = core.flax_to_hf(args.input, args.output, step=args.step)
   else:
-    out = core.flax_to_t5x(args.input, args.output, step=args.step, scanned=args.t5x_scan_layers,
-                           param_scan_axis=args.t5x_param_scan_axis)
+    out = core.flax_to_t5x(args.input, args.output, step=args.step,
+                           with_optimizer_state=args.with_optimizer_state,
+                           scanned=args.t5x_scan_layers, param_scan_axis=args.t5x_param_scan_axis,
+                           min_dim_size_to_factor=args.t5x_min_dim_size_to_factor)
   print(f"wrote {out}")
 
 

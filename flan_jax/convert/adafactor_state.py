@@ -20,6 +20,8 @@ squared gradients, so:
   momentum; otherwise it is dropped (and reported).
 - Every `count` in the optax state (second-moment decay, learning-rate schedule, momentum)
   becomes T5X's step, so decay rates and schedules continue where T5X stopped.
+
+`export_param_states` goes the other way (flan_jax → T5X's unscanned layout) by the same rules.
 """
 from __future__ import annotations
 
@@ -163,13 +165,13 @@ def optax_factored_dims(shape: tuple[int, ...], v_shape: tuple[int, ...]) -> tup
   """
   if len(shape) < 2 or tuple(v_shape) == tuple(shape):
     return None
-  order = np.argsort(shape)
-  return int(order[-2]), int(order[-1])
+  return heuristic_dims(shape, 0)
 
 
-def _to_optax(moment: Moment, shape: tuple[int, ...], dims: tuple[int, int] | None, report: Counter
+def _refactor(moment: Moment, shape: tuple[int, ...], dims: tuple[int, int] | None, report: Counter
               ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-  """(v_row, v_col, v) of optax for one unscanned parameter of flan_jax shape `shape`."""
+  """(v_row, v_col, v) for one unscanned parameter of (target) shape `shape`, factored over
+  `dims` = (d1, d0) (v_row drops d0, v_col d1) or unfactored (None)."""
   if dims is None:
     _count(report, moment, dims)
     return None, None, moment.dense().reshape(shape)
@@ -184,11 +186,11 @@ def _to_optax(moment: Moment, shape: tuple[int, ...], dims: tuple[int, int] | No
 
 def _count(report: Counter, moment: Moment, dims: tuple[int, int] | None) -> None:
   if dims is None:
-    report["second moments reconstructed (T5X factored, optax not)" if moment.factored
+    report["second moments reconstructed (factored in the source only)" if moment.factored
            else "second moments copied"] += 1
   else:
     report["second moments reconstructed (factored differently)" if moment.factored
-           else "second moments averaged onto optax's factors"] += 1
+           else "second moments averaged onto the target's factors"] += 1
 
 
 def _layer_moments(name: str, shape: tuple[int, ...],
@@ -209,7 +211,7 @@ def _second_moment(name: str, shape: tuple[int, ...], dims: tuple[int, int] | No
   if layers is None:
     return None
   if name in moments:
-    return _to_optax(layers[0], shape, dims, report)
+    return _refactor(layers[0], shape, dims, report)
   per_layer = shape[1:]
   if dims is None or 0 in dims:  # optax factors (or not) across the layer axis: rebuild densely.
     dense = np.stack([m.dense().reshape(per_layer) for m in layers])
@@ -218,7 +220,7 @@ def _second_moment(name: str, shape: tuple[int, ...], dims: tuple[int, int] | No
     if dims is None:
       return None, None, dense
     return dense.mean(axis=dims[1]), dense.mean(axis=dims[0]), None
-  outs = [_to_optax(m, per_layer, (dims[0] - 1, dims[1] - 1), report) for m in layers]
+  outs = [_refactor(m, per_layer, (dims[0] - 1, dims[1] - 1), report) for m in layers]
   return tuple(None if o[0] is None else np.stack(o) for o in zip(*outs))
 
 
@@ -290,3 +292,68 @@ def build_state(tx: optax.GradientTransformation, params: Any, step: int,
   if momenta and "momenta copied" not in report:
     report["T5X momenta dropped (optimizer has no momentum)"] += len(momenta)
   return ImportedState(opt_state, report)
+
+
+def _find(tree: Any, fields: tuple[str, ...]) -> dict[str, Any] | None:
+  """The optax sub-state with `fields`, as a dict: a NamedTuple, or the dict Orbax restores it as."""
+  if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+    if set(tree._fields) == set(fields):
+      return tree._asdict()
+    tree = tuple(tree)
+  if isinstance(tree, dict) and set(tree) == set(fields):
+    return tree
+  children = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, (tuple, list)) else ()
+  return next((found for child in children if (found := _find(child, fields)) is not None), None)
+
+
+def heuristic_dims(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[int, int] | None:
+  """T5X's (and optax's) default factoring: the two largest axes when the smaller is big enough."""
+  if len(shape) < 2:
+    return None
+  order = np.argsort(shape)
+  return (int(order[-2]), int(order[-1])) if shape[order[-2]] >= min_dim_size_to_factor else None
+
+
+def export_param_states(opt_state: Any, params: Mapping[str, np.ndarray],
+                        t5x_shapes: Mapping[str, tuple[int, ...]], min_dim_size_to_factor: int = 128
+                        ) -> tuple[dict[str, dict[str, np.ndarray]], Counter]:
+  """optax Adafactor state → T5X `param_states` by unscanned T5X name: the reverse of `build_state`.
+
+  Args:
+    opt_state: optax state (NamedTuples, or the lists/dicts Orbax restores without a target).
+    params: flan_jax params by flat name (either layout).
+    t5x_shapes: unscanned T5X parameter shapes (2-D kernels) by name.
+    min_dim_size_to_factor: T5X's, for its heuristic factoring of 2-D parameters.
+  """
+  factored = _find(opt_state, ("count", "v_row", "v_col", "v"))
+  if factored is None:
+    raise ValueError("the checkpoint's optimizer state has no Adafactor second moments "
+                     "(optim.adafactor); export it without --with_optimizer_state")
+  rows, cols, full = (params_lib.flatten(factored[k]) for k in ("v_row", "v_col", "v"))
+  moments: dict[str, Moment] = {}
+  for name, value in params.items():
+    shape = tuple(np.shape(value))
+    dims = optax_factored_dims(shape, np.shape(full[name]))
+    moment = (Moment(shape, v=np.asarray(full[name])) if dims is None else
+              Moment(shape, v_row=np.asarray(rows[name]), v_col=np.asarray(cols[name]),
+                     rows=(dims[0],), cols=(dims[1],)))
+    if not params_lib.is_stacked(name):
+      moments[name] = moment
+      continue
+    for i in range(shape[0]):
+      moments[params_lib.layer_name(name, i)] = (
+          moment.take(0, i) if dims is None or 0 not in dims
+          else Moment(shape[1:], v=np.take(moment.dense(), i, axis=0)))
+  ema = _find(opt_state, ("count", "ema"))
+  momenta = params_lib.unstack_layers(params_lib.flatten(ema["ema"])) if ema else {}
+  report: Counter = Counter()
+  out = {}
+  one = np.zeros(1, np.float32)
+  for name, shape in t5x_shapes.items():
+    values = _refactor(moments[name], tuple(shape), heuristic_dims(tuple(shape), min_dim_size_to_factor),
+                       report)
+    state = {k: one if v is None else np.asarray(v, np.float32)
+             for k, v in zip(("v_row", "v_col", "v"), values)}
+    state["m"] = np.asarray(momenta[name], np.float32).reshape(shape) if name in momenta else one
+    out[name] = state
+  return out, report

@@ -97,15 +97,29 @@ def load_hf(path: str | Path, *, allow_pickle: bool = False, vocab_path: str | P
   return Loaded(family, config, params, vocab, 0)
 
 
-def load_flax(path: str | Path, step: int | None = None) -> Loaded:
-  """Reads a flan_jax model directory (params as numpy)."""
+def load_flax(path: str | Path, step: int | None = None, *,
+              with_optimizer_state: bool = False) -> Loaded:
+  """Reads a flan_jax model directory (params, and the training `opt_state` if asked, as numpy)."""
   from flan_jax.models import config_from_dict  # pylint: disable=import-outside-toplevel
   spec = model_dir.read_spec(path)
   step = model_dir.latest_step(path) if step is None else step
   params = model_dir.restore_params(path, step)
   vocab = Path(path) / spec.vocabulary
+  opt_state = _restore_opt_state(path, step) if with_optimizer_state else None
   return Loaded(spec.family, config_from_dict(spec.family, spec.config),
-                jax.tree.map(np.asarray, params), vocab if vocab.exists() else None, step or 0)
+                jax.tree.map(np.asarray, params), vocab if vocab.exists() else None, step or 0,
+                opt_state)
+
+
+def _restore_opt_state(path: str | Path, step: int | None) -> Any:
+  """The `opt_state` item as Orbax restores it without a target (lists and dicts of numpy)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  if step is None or not (Path(path) / model_dir.CHECKPOINTS_DIR / str(step) / "opt_state").is_dir():
+    raise ValueError(f"'{path}' step {step} holds no optimizer state (opt_state): it is not a "
+                     f"training checkpoint; export it without --with_optimizer_state")
+  with model_dir.checkpoint_manager(path, read_only=True) as manager:
+    restored = manager.restore(step, args=ocp.args.Composite(opt_state=ocp.args.StandardRestore()))
+  return jax.tree.map(np.asarray, restored["opt_state"])
 
 
 def save_flax(loaded: Loaded, output: str | Path, vocab_path: str | Path | None = None) -> Path:
@@ -146,13 +160,25 @@ def save_hf(loaded: Loaded, output: str | Path) -> Path:
 
 
 def save_t5x(loaded: Loaded, output: str | Path, *, scanned: bool = False,
-             param_scan_axis: int = t5x.T5X_PARAM_SCAN_AXIS) -> Path:
-  """Writes `output/checkpoint_<step>/` in T5X's legacy layout (model and step, see t5x.write_legacy)."""
+             param_scan_axis: int = t5x.T5X_PARAM_SCAN_AXIS, min_dim_size_to_factor: int = 128
+             ) -> Path:
+  """Writes `output/checkpoint_<step>/` in T5X's legacy layout: the model, the step, and the
+  Adafactor state when `loaded.opt_state` holds one (unscanned only; factored as T5X's heuristic
+  does with `min_dim_size_to_factor`)."""
   if loaded.family != "t5":
     raise ValueError("T5X export is for T5 (encoder-decoder) models; export decoder-only models "
                      "to Hugging Face (flax-to-hf)")
-  flat = t5x.to_t5x_layout(params_lib.flatten(loaded.params), scanned, param_scan_axis)
-  return t5x.write_legacy(output, flat, loaded.step)
+  flat = params_lib.flatten(loaded.params)
+  t5x_flat = t5x.to_t5x_layout(flat, scanned, param_scan_axis)
+  states = None
+  if loaded.opt_state is not None:
+    if scanned:
+      raise ValueError("T5X's scanned layout factors its optimizer state by logical axis rules "
+                       "flan_jax does not know; export the optimizer state unscanned (drop "
+                       "--t5x_scan_layers) or export the model only")
+    states, _ = adafactor_state.export_param_states(
+        loaded.opt_state, flat, {k: v.shape for k, v in t5x_flat.items()}, min_dim_size_to_factor)
+  return t5x.write_legacy(output, t5x_flat, loaded.step, states)
 
 
 def t5x_to_flax(source: str | Path, output: str | Path, *, config: Any = None,
@@ -171,7 +197,9 @@ def flax_to_hf(source: str | Path, output: str | Path, step: int | None = None) 
   return save_hf(load_flax(source, step), output)
 
 
-def flax_to_t5x(source: str | Path, output: str | Path, step: int | None = None,
-                **options: Any) -> Path:
-  """`save_t5x(load_flax(source, step), output, **options)` (options: scanned, param_scan_axis)."""
-  return save_t5x(load_flax(source, step), output, **options)
+def flax_to_t5x(source: str | Path, output: str | Path, step: int | None = None, *,
+                with_optimizer_state: bool = False, **options: Any) -> Path:
+  """`save_t5x(load_flax(...), output, **options)` (options: scanned, param_scan_axis,
+  min_dim_size_to_factor)."""
+  return save_t5x(load_flax(source, step, with_optimizer_state=with_optimizer_state), output,
+                  **options)

@@ -163,16 +163,20 @@ def to_t5x_layout(flat: Mapping[str, Any], scanned: bool = False,
   return params_lib.stack_layers(out, axis=param_scan_axis) if scanned else out
 
 
-def write_legacy(folder: str | Path, params: Mapping[str, Any], step: int) -> Path:
+def write_legacy(folder: str | Path, params: Mapping[str, Any], step: int,
+                 param_states: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
   """Writes `folder/checkpoint_<step>/checkpoint`: T5X's legacy msgpack layout (arrays inline).
 
-  Only the model and the step: `param_states` is empty, so T5X restores it with its optimizer
-  state skipped (e.g. RestoreCheckpointConfig.assignment_map = ((r'state/param_states.*', None),)).
+  `param_states` ({param name: {v_row, v_col, v, m}}) may be left out: T5X then restores the
+  model with its optimizer state skipped (e.g. RestoreCheckpointConfig.assignment_map =
+  ((r'state/param_states.*', None),)).
   """
   path = Path(folder) / f"checkpoint_{step}" / INDEX_FILE
   path.parent.mkdir(parents=True, exist_ok=True)
+  states = params_lib.unflatten({f"{name}/{field}": value for name, fields in (param_states or {}).items()
+                                 for field, value in fields.items()})
   tree = {"version": 3, "optimizer": {"target": params_lib.unflatten(dict(params)),
-                                      "state": {"step": np.int32(step), "param_states": {}}}}
+                                      "state": {"step": np.int32(step), "param_states": states}}}
   path.write_bytes(serialization.msgpack_serialize(tree))
   return path.parent
 
