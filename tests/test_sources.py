@@ -160,3 +160,43 @@ def test_field_mapper_drops_examples_without_a_target():
   squad_v2 = sources.field_mapper({}, answer="answer", empty_answer="unanswerable")
   assert [r["answer"] for r in squad_v2(dataset).as_numpy_iterator()] == [
       b"a", b"unanswerable", b"unanswerable", b"b"]
+
+
+def test_malformed_rows_of_every_source_type_are_located(tmp_path):
+  """NIv2 task JSON, Flan JSONL, JSON lists and rows a row_fn cannot map: file and line (or item)."""
+  niv2 = tmp_path / "task2_x.json"
+  niv2.write_text(json.dumps({"Definition": ["d"], "Positive Examples": [],
+                              "Instances": [{"input": "a", "output": ["b"]}, {"input": "c"}]}))
+  with pytest.raises(sources.MalformedRowError, match=rf"{niv2}: Instances\[1\]: .*'output'"):
+    sources.niv2_examples(niv2)
+  broken = tmp_path / "task3_x.json"
+  broken.write_text('{"Definition": ["d"],\n "Instances": [}\n')
+  with pytest.raises(sources.MalformedRowError, match=rf"{broken}:2: not valid JSON"):
+    sources.read_niv2_task(broken)
+  with pytest.raises(FileNotFoundError, match=r"task4_x.json' does not exist\. Clone "
+                                              r"https://github.com/allenai/natural-instructions"):
+    sources.read_niv2_task(tmp_path / "task4_x.json")
+  flan = tmp_path / "flan.jsonl"
+  flan.write_text('{"inputs": "q", "targets": "a"}\n{"inputs": "q"}\n'
+                  '{"inputs": "q", "targets": "a", "template_idx": "first"}\n')
+  with pytest.raises(sources.MalformedRowError, match=rf"{flan}:2: missing field\(s\) targets"):
+    _rows(sources.flan_jsonl_source({"train": flan}))
+  stats = sources.SkipStats()
+  rows = _rows(sources.flan_jsonl_source({"train": flan}, skip_malformed=True, stats=stats))
+  assert len(rows) == 1 and stats.skipped == 2 and stats.first_error.startswith(f"{flan}:2:")
+  flan.write_text('{"inputs": "q", "targets": "a", "template_idx": "first"}\n')
+  with pytest.raises(sources.MalformedRowError,
+                     match=rf"{flan}:1: cannot map the row \(ValueError: .*'first'"):
+    _rows(sources.flan_jsonl_source({"train": flan}))
+  listed = tmp_path / "turns.json"
+  listed.write_text(json.dumps([{"Question": "q"}, "not an object", {"Answer": "a"}]))
+  with pytest.raises(sources.MalformedRowError, match=rf"{listed}: item 1: expected a JSON object"):
+    sources.read_json_list(listed)
+  stats = sources.SkipStats()
+  rows = sources.read_json_list(listed, row_fn=lambda r: {"q": r["Question"]},
+                                skip_malformed=True, stats=stats)
+  assert rows == [{"q": "q"}] and stats.skipped == 2
+  tsv = tmp_path / "rows.tsv"
+  tsv.write_text("1\tx\nnot a number\ty\n")
+  with pytest.raises(sources.MalformedRowError, match=rf"{tsv}:2: cannot map the row"):
+    sources.read_tsv(tsv, ("n", "s"), row_fn=lambda r: {"n": int(r["n"]), "s": r["s"]})
