@@ -158,3 +158,23 @@ def test_readme_example_runs(repo_root):
                           timeout=120, cwd=repo_root)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "demo_compare" in result.stdout and "_template_type" in result.stdout
+
+
+def test_generated_splits_are_cached_on_disk_and_read_back_identically(tmp_path, monkeypatch):
+  monkeypatch.setenv(vocab.CACHE_DIR_ENV, str(tmp_path))
+  demo.split_columns.cache_clear()
+  try:
+    generated = demo.split_columns("compare", "validation")
+    (path,) = (tmp_path / "demo_data").iterdir()
+    assert path.name.startswith("compare-validation-") and path.suffix == ".npz"
+    demo.split_columns.cache_clear()
+    from_disk = demo.split_columns("compare", "validation")
+  finally:
+    demo.split_columns.cache_clear()
+  expected = list(itertools.islice(
+      demo_generators.generate(demo_generators.FAMILIES["compare"], "validation", demo.DEMO_SEED),
+      demo.NUM_EXAMPLES["validation"]))
+  for columns in (generated, from_disk):
+    assert columns["first"].tolist() == [e["first"] for e in expected]
+    assert columns["options"].tolist() == [e["options"] for e in expected]
+    assert columns["answer"].tolist() == [e["answer"] for e in expected]

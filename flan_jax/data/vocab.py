@@ -91,7 +91,7 @@ def _train_sentencepiece(lines: list[str]) -> bytes:
   return model.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
   try:
@@ -111,7 +111,7 @@ def demo_vocabulary_path() -> Path:
     digest.update(line.encode("utf-8") + b"\n")
   path = cache_dir() / "demo_vocab" / f"spiece-{digest.hexdigest()[:16]}.model"
   if not path.exists():
-    _atomic_write(path, _train_sentencepiece(lines))
+    atomic_write(path, _train_sentencepiece(lines))
   return path
 
 
