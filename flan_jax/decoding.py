@@ -7,9 +7,9 @@ returns the next-token logits `[rows, vocab]` and the updated cache.
 
 Sequences are laid out like decoder targets: `sequences[:, i]` is the token predicted at step i,
 and the token fed at step i is `sequences[:, i - 1]` (0, the BOS/pad id, at step 0). A prompt
-(decoder-only prefix LM) is given as `prompt` with `prompt_lengths`: while `i < prompt_lengths`,
-the step is forced to the prompt token instead of sampled, so the cache fills with the prompt.
-Everything after the first generated EOS is 0.
+(decoder-only prefix LM) is run by the caller in one prefill call that fills the cache; its
+next-token logits are passed as `initial_logits` and pick the token of step 0, so the loop
+starts at step 1 and never sees the prompt. Everything after the first generated EOS is 0.
 
 The cache is created by the caller for `rows` sequences (the batch already repeated
 `num_decodes`/`beam_size` times, see `repeat_rows`); beam search reorders its leaves along
@@ -49,15 +49,6 @@ def _fed_token(sequences: jax.Array, i: jax.Array) -> jax.Array:
   return jnp.where(i > 0, prev, jnp.zeros_like(prev))
 
 
-def _prompt_info(prompt: jax.Array | None, prompt_lengths: jax.Array | None, rows: int,
-                 length: int) -> tuple[jax.Array, jax.Array]:
-  if prompt is None:
-    return jnp.zeros((rows, length), jnp.int32), jnp.zeros((rows,), jnp.int32)
-  if prompt_lengths is None:
-    raise ValueError("a decoding prompt needs prompt_lengths (the number of forced tokens per row)")
-  return prompt.astype(jnp.int32), prompt_lengths.astype(jnp.int32)
-
-
 def _is_static_zero(x: float | jax.Array) -> bool:
   return isinstance(x, (int, float)) and x <= 0
 
@@ -86,50 +77,56 @@ def filter_logits(logits: jax.Array, *, topk: int = 0, topp: float | jax.Array =
 def temperature_sample(tokens_to_logits: TokensToLogits, cache: Any, *, rows: int, length: int,
                        eos_id: int, rng: jax.Array | None = None,
                        temperature: float | jax.Array = 1.0, topk: int = 0,
-                       topp: float | jax.Array = 0.0, prompt: jax.Array | None = None,
-                       prompt_lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                       topp: float | jax.Array = 0.0,
+                       initial_logits: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Samples `rows` sequences of up to `length` tokens; a Python temperature 0 is greedy (argmax).
 
   `temperature` and `topp` may be traced (one compilation serves all their values); `topk` is a
-  Python int.
+  Python int. `initial_logits` [rows, vocab]: the step-0 logits of a prefilled prompt (the cache
+  then holds the prompt).
 
   Returns:
     (sequences int32 [rows, length], log-likelihood float32 [rows] of the generated tokens
-    under the unfiltered, temperature-1 distribution; prompt tokens are not counted).
+    under the unfiltered, temperature-1 distribution).
   """
   if isinstance(temperature, (int, float)) and temperature < 0:
     raise ValueError(f"temperature must be >= 0, got {temperature}")
   greedy = _is_static_zero(temperature)
-  prompt, prompt_lengths = _prompt_info(prompt, prompt_lengths, rows, length)
   rng = jax.random.PRNGKey(0) if rng is None else rng
 
-  def cond(carry):
-    i, _, ended, _, _, _ = carry
-    return (i < length) & ~jnp.all(ended)
-
-  def body(carry):
-    i, sequences, ended, logprob, cache, rng = carry
+  def choose(i, logits, carry):
+    """Picks step i's tokens from its logits; carry = (sequences, ended, logprob, rng)."""
+    sequences, ended, logprob, rng = carry
     rng, step_rng = jax.random.split(rng)
-    logits, cache = tokens_to_logits(
-        DecodingState(cur_index=i, cur_token=_fed_token(sequences, i), cache=cache))
     logits = logits.astype(jnp.float32)
     if greedy:
       sampled = jnp.argmax(logits, axis=-1)
     else:
       filtered = filter_logits(logits / temperature, topk=topk, topp=topp)
       sampled = jax.random.categorical(step_rng, filtered, axis=-1)
-    forced = i < prompt_lengths
-    token = jnp.where(forced, prompt[:, i], sampled.astype(jnp.int32))
-    token = jnp.where(ended, 0, token)
+    token = jnp.where(ended, 0, sampled.astype(jnp.int32))
     token_logprob = jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], axis=-1)[:, 0]
-    logprob = logprob + jnp.where(forced | ended, 0.0, token_logprob)
-    ended = ended | (~forced & (token == eos_id))
+    logprob = logprob + jnp.where(ended, 0.0, token_logprob)
+    ended = ended | (token == eos_id)
     sequences = jax.lax.dynamic_update_slice_in_dim(sequences, token[:, None], i, axis=1)
-    return i + 1, sequences, ended, logprob, cache, rng
+    return sequences, ended, logprob, rng
 
-  init = (jnp.zeros((), jnp.int32), jnp.zeros((rows, length), jnp.int32),
-          jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.float32), cache, rng)
-  _, sequences, _, logprob, _, _ = jax.lax.while_loop(cond, body, init)
+  def cond(loop):
+    i, (_, ended, _, _), _ = loop
+    return (i < length) & ~jnp.all(ended)
+
+  def body(loop):
+    i, carry, cache = loop
+    logits, cache = tokens_to_logits(
+        DecodingState(cur_index=i, cur_token=_fed_token(carry[0], i), cache=cache))
+    return i + 1, choose(i, logits, carry), cache
+
+  i = jnp.zeros((), jnp.int32)
+  carry = (jnp.zeros((rows, length), jnp.int32), jnp.zeros((rows,), bool),
+           jnp.zeros((rows,), jnp.float32), rng)
+  if initial_logits is not None:
+    i, carry = i + 1, choose(i, initial_logits, carry)
+  _, (sequences, _, logprob, _), _ = jax.lax.while_loop(cond, body, (i, carry, cache))
   return sequences, logprob
 
 
@@ -168,21 +165,21 @@ def _gather_cache(cache: Any, beam_indices: jax.Array, beams: int, axis: int) ->
 
 
 def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch: int, beam_size: int,
-                length: int, eos_id: int, alpha: float = 0.6, prompt: jax.Array | None = None,
-                prompt_lengths: jax.Array | None = None,
+                length: int, eos_id: int, alpha: float = 0.6,
+                initial_logits: jax.Array | None = None,
                 cache_batch_axis: int = 0) -> tuple[jax.Array, jax.Array]:
   """Beam search with the GNMT length penalty (`alpha`); the cache holds batch * beam_size rows.
 
-  `prompt` / `prompt_lengths` are per batch row ([batch, length], [batch]). A sequence is scored
-  by its generated log-likelihood / brevity_penalty(alpha, generated length incl. EOS).
+  `initial_logits` [batch * beam_size, vocab]: step-0 logits of a prefilled prompt (each batch
+  row's beam_size rows alike). A sequence is scored by its log-likelihood /
+  brevity_penalty(alpha, its length incl. EOS).
 
   Returns:
     (sequences int32 [batch, beam_size, length], scores float32 [batch, beam_size]): the finished
     beams best first, then, where fewer than beam_size finished, the best unfinished ones.
   """
-  prompt, prompt_lengths = _prompt_info(prompt, prompt_lengths, batch, length)
   k = beam_size
-  max_penalty = brevity_penalty(alpha, length - prompt_lengths)  # [batch]
+  max_penalty = brevity_penalty(alpha, jnp.asarray(length))
 
   def cond(s: _BeamState):
     # Stop when no live beam can still beat the worst finished one, even at full length.
@@ -191,21 +188,22 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch: int, bea
     return (s.i < length) & ~jnp.all(worst_finished > best_live)
 
   def body(s: _BeamState):
-    i = s.i
     flat_seqs = s.live_seqs.reshape(batch * k, length)
     logits, cache = tokens_to_logits(
-        DecodingState(cur_index=i, cur_token=_fed_token(flat_seqs, i), cache=s.cache))
+        DecodingState(cur_index=s.i, cur_token=_fed_token(flat_seqs, s.i), cache=s.cache))
+    return expand(s, logits, cache)
+
+  def expand(s: _BeamState, logits: jax.Array, cache: Any) -> _BeamState:
+    """Step s.i: extends the live beams by their logits [batch * k, vocab]."""
+    i = s.i
     vocab = logits.shape[-1]
     logprobs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, k, vocab)
-    forced = (i < prompt_lengths)[:, None, None]
-    forced_onehot = jax.nn.one_hot(prompt[:, i], vocab, dtype=bool)[:, None, :]
-    logprobs = jnp.where(forced, jnp.where(forced_onehot, 0.0, NEG_INF), logprobs)
     candidates = (s.live_logprobs[:, :, None] + logprobs).reshape(batch, k * vocab)
     top_logprobs, top_ids = jax.lax.top_k(candidates, 2 * k)
     top_beams, top_tokens = top_ids // vocab, (top_ids % vocab).astype(jnp.int32)
     top_seqs = _gather_beams(s.live_seqs, top_beams)
     top_seqs = jax.lax.dynamic_update_slice_in_dim(top_seqs, top_tokens[:, :, None], i, axis=2)
-    is_eos = (top_tokens == eos_id) & ~forced[:, :, 0] & (top_logprobs > NEG_INF / 2)
+    is_eos = (top_tokens == eos_id) & (top_logprobs > NEG_INF / 2)
 
     # Live set: the best k candidates that did not just end.
     alive_logprobs, alive_pick = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_logprobs), k)
@@ -214,8 +212,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch: int, bea
                           cache_batch_axis)
 
     # Finished set: the best k among the old finished and the candidates that just ended.
-    generated = (i + 1 - prompt_lengths)[:, None]
-    new_scores = jnp.where(is_eos, top_logprobs / brevity_penalty(alpha, generated), NEG_INF)
+    new_scores = jnp.where(is_eos, top_logprobs / brevity_penalty(alpha, i + 1), NEG_INF)
     all_scores = jnp.concatenate([s.finished_scores, new_scores], axis=1)
     all_seqs = jnp.concatenate([s.finished_seqs, top_seqs], axis=1)
     finished_scores, finished_pick = jax.lax.top_k(all_scores, k)
@@ -230,11 +227,13 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch: int, bea
       live_seqs=jnp.zeros((batch, k, length), jnp.int32),
       finished_scores=jnp.full((batch, k), NEG_INF, jnp.float32),
       finished_seqs=jnp.zeros((batch, k, length), jnp.int32), cache=cache)
+  if initial_logits is not None:
+    init = expand(init, initial_logits, cache)
   final = jax.lax.while_loop(cond, body, init)
 
   # Finished beams first, then live ones (sequences that reached `length` without EOS) fill the
   # places that nothing finished into.
-  live_scores = final.live_logprobs / max_penalty[:, None]
+  live_scores = final.live_logprobs / max_penalty
   rank = jnp.concatenate([final.finished_scores, live_scores + NEG_INF / 2], axis=1)
   _, pick = jax.lax.top_k(rank, k)
   sequences = _gather_beams(jnp.concatenate([final.finished_seqs, final.live_seqs], axis=1), pick)

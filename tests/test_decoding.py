@@ -21,61 +21,68 @@ def toy():
 
   def eos_bias(num_fed):
     """EOS grows likelier with length, so sequences end at different steps."""
-    return jnp.zeros(VOCAB).at[EOS].set(3.0 * num_fed - 9.0)
+    return jnp.zeros(jnp.shape(num_fed) + (VOCAB,)).at[..., EOS].set(3.0 * num_fed - 9.0)
 
   def cached(state):
-    """Cache = running sum of fed embeddings per row."""
+    """Cache = running sum and count of fed embeddings per row (rows may differ in count)."""
     e = emb[state.cur_token[:, 0]]
-    total = state.cache["sum"] + e
-    logits = (total / (state.cur_index + 1)) @ w_mean + e @ w_last
-    return logits + eos_bias(state.cur_index + 1), {"sum": total}
+    total, num_fed = state.cache["sum"] + e, state.cache["n"] + 1
+    logits = (total / num_fed[:, None]) @ w_mean + e @ w_last
+    return logits + eos_bias(num_fed), {"sum": total, "n": num_fed}
 
   def full(fed):
     """No cache: recompute from the whole fed prefix [rows, t]."""
     e = emb[fed]
     return e.mean(axis=1) @ w_mean + e[:, -1] @ w_last + eos_bias(fed.shape[1])
 
+  cached.emb = emb
   return cached, full
 
 
 def _cache(rows):
-  return {"sum": jnp.zeros((rows, DIM))}
+  return {"sum": jnp.zeros((rows, DIM)), "n": jnp.zeros((rows,))}
 
 
-def _greedy_without_cache(full, rows, length, prompt=None, prompt_lengths=None):
-  seqs = np.zeros((rows, length), np.int32)
-  for r in range(rows):
-    fed = [0]
+def _prefill(toy, prompts):
+  """The toy's prefill of ragged prompts (BOS 0 first): its cache and step-0 logits."""
+  cached, full = toy
+  fed = [[0] + list(p) for p in prompts]
+  cache = {"sum": jnp.stack([cached.emb[jnp.array(f)].sum(0) for f in fed]),
+           "n": jnp.array([len(f) for f in fed], jnp.float32)}
+  return cache, jnp.stack([full(jnp.array([f]))[0] for f in fed])
+
+
+def _greedy_without_cache(full, length, prompts):
+  seqs = np.zeros((len(prompts), length), np.int32)
+  for r, prompt in enumerate(prompts):
+    fed = [0] + list(prompt)
     for i in range(length):
-      if prompt is not None and i < prompt_lengths[r]:
-        tok = int(prompt[r, i])
-      else:
-        tok = int(jnp.argmax(full(jnp.array([fed]))[0]))
+      tok = int(jnp.argmax(full(jnp.array([fed]))[0]))
       seqs[r, i] = tok
       fed.append(tok)
-      if tok == EOS and (prompt is None or i >= prompt_lengths[r]):
+      if tok == EOS:
         break
   return seqs
 
 
-def _greedy(cached, rows, length, **kw):
-  fn = jax.jit(lambda c: decoding.temperature_sample(
-      cached, c, rows=rows, length=length, eos_id=EOS, temperature=0.0, **kw))
-  return fn(_cache(rows))
+def _greedy(toy, length, prompts):
+  cache, initial_logits = _prefill(toy, prompts)
+  fn = jax.jit(lambda c, l: decoding.temperature_sample(
+      toy[0], c, rows=len(prompts), length=length, eos_id=EOS, temperature=0.0, initial_logits=l))
+  return fn(cache, initial_logits)
 
 
 def test_greedy_with_cache_equals_full_recompute(toy):
   cached, full = toy
-  # Different rows via different forced first tokens.
-  prompt = jnp.array([[0, 0, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0], [3, 4, 0, 0, 0, 0], [4, 4, 2, 0, 0, 0]])
-  lengths = jnp.array([0, 1, 2, 3])
-  seqs, _ = _greedy(cached, 4, 6, prompt=prompt, prompt_lengths=lengths)
-  expected = _greedy_without_cache(full, 4, 6, np.asarray(prompt), np.asarray(lengths))
+  seqs, _ = jax.jit(lambda c: decoding.temperature_sample(
+      cached, c, rows=2, length=6, eos_id=EOS, temperature=0.0))(_cache(2))
+  np.testing.assert_array_equal(np.asarray(seqs), _greedy_without_cache(full, 6, [[], []]))
+  # Prefilled prompts of different lengths: the loop starts from their step-0 logits.
+  prompts = [[], [2], [3, 4], [4, 4, 2]]
+  seqs, _ = _greedy(toy, 6, prompts)
+  expected = _greedy_without_cache(full, 6, prompts)
   np.testing.assert_array_equal(np.asarray(seqs), expected)
-  assert seqs.dtype == jnp.int32
-  # Every row's prompt is kept verbatim.
-  for r, n in enumerate(np.asarray(lengths)):
-    np.testing.assert_array_equal(np.asarray(seqs)[r, :n], np.asarray(prompt)[r, :n])
+  assert seqs.dtype == jnp.int32 and len({tuple(r) for r in expected.tolist()}) > 2
 
 
 def test_tokens_after_eos_are_zero(toy):
@@ -90,13 +97,13 @@ def test_tokens_after_eos_are_zero(toy):
 
 def test_near_zero_temperature_and_top1_equal_greedy(toy):
   cached, _ = toy
-  greedy, _ = _greedy(cached, 3, 6, prompt=jnp.array([[0] * 6, [2] + [0] * 5, [3] + [0] * 5]),
-                      prompt_lengths=jnp.array([0, 1, 1]))
-  common = dict(rows=3, length=6, eos_id=EOS, prompt=jnp.array([[0] * 6, [2] + [0] * 5, [3] + [0] * 5]),
-                prompt_lengths=jnp.array([0, 1, 1]))
-  cold, _ = decoding.temperature_sample(cached, _cache(3), rng=jax.random.PRNGKey(7),
+  prompts = [[], [2], [3]]
+  greedy, _ = _greedy(toy, 6, prompts)
+  cache, initial_logits = _prefill(toy, prompts)
+  common = dict(rows=3, length=6, eos_id=EOS, initial_logits=initial_logits)
+  cold, _ = decoding.temperature_sample(cached, cache, rng=jax.random.PRNGKey(7),
                                         temperature=1e-4, **common)
-  top1, _ = decoding.temperature_sample(cached, _cache(3), rng=jax.random.PRNGKey(8),
+  top1, _ = decoding.temperature_sample(cached, cache, rng=jax.random.PRNGKey(8),
                                         temperature=1.0, topk=1, **common)
   np.testing.assert_array_equal(np.asarray(cold), np.asarray(greedy))
   np.testing.assert_array_equal(np.asarray(top1), np.asarray(greedy))
@@ -132,11 +139,12 @@ def test_filter_logits_topk_and_topp():
 def test_beam_of_one_equals_greedy(toy):
   """Holds when greedy ends within the length (else beam search returns its best finished beam)."""
   cached, _ = toy
-  prompt, lengths = jnp.array([[0] * 12, [3] + [0] * 11]), jnp.array([0, 1])
-  greedy, _ = _greedy(cached, 2, 12, prompt=prompt, prompt_lengths=lengths)
+  prompts = [[], [3]]
+  greedy, _ = _greedy(toy, 12, prompts)
   assert all(EOS in row for row in np.asarray(greedy).tolist())
-  beams, _ = decoding.beam_search(cached, _cache(2), batch=2, beam_size=1, length=12, eos_id=EOS,
-                                  alpha=0.0, prompt=prompt, prompt_lengths=lengths)
+  cache, initial_logits = _prefill(toy, prompts)
+  beams, _ = decoding.beam_search(cached, cache, batch=2, beam_size=1, length=12, eos_id=EOS,
+                                  alpha=0.0, initial_logits=initial_logits)
   np.testing.assert_array_equal(np.asarray(beams)[:, 0], np.asarray(greedy))
 
 

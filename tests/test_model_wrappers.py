@@ -183,28 +183,53 @@ def test_prompt_that_fills_input_length_keeps_every_token(lm):
   np.testing.assert_array_equal(model_lib._prompt_lengths(batch), [4, 2])  # pylint: disable=protected-access
 
 
-def test_prefix_lm_cached_decoding_equals_full_forward(lm):
+def _greedy_full_forward(model, params, prompts, steps, prefix_lm):
+  """Greedy decoding by a full forward pass per step (no cache), the prompt (BOS + its tokens)
+  attending bidirectionally when `prefix_lm`, as in prefix-LM training."""
+  forward = jax.jit(lambda t, ca: model.module.apply({"params": params}, t, t,
+                                                     decoder_causal_attention=ca,
+                                                     enable_dropout=False))
+  out = np.zeros((len(prompts), steps), np.int32)
+  for row, prompt in enumerate(prompts):
+    seq = list(prompt)
+    for i in range(steps):
+      tokens = np.zeros((1, 16), np.int32)  # right padding leaves earlier positions unchanged
+      tokens[0, 1:len(seq) + 1] = seq
+      causal = (np.arange(16) <= len(prompt))[None].astype(np.int32) * int(prefix_lm)
+      out[row, i] = np.argmax(np.asarray(forward(tokens, causal))[0, len(seq)])
+      seq.append(int(out[row, i]))
+      if out[row, i] == 1:
+        break
+  return out
+
+
+def test_prefix_lm_prefilled_decoding_equals_full_forward(lm):
+  """Rows of different prompt lengths are prefilled in one call with the bidirectional prefix."""
   model, params = lm
-  prompts = [[5, 6, 7, 1], [8, 1], [9, 10, 11, 12, 13, 1]]
+  prompts = [[5, 6, 7, 1], [8, 1], [9, 10, 11, 12, 13, 1], [14, 15, 16, 17, 18, 19, 20, 1]]
   batch = model.make_batch(prompts, None, 8, 0)
   decoded = np.asarray(model.predict_batch(params, batch, max_decode_length=5))
-  assert decoded.shape == (3, 5)
-  # Causal attention: right padding to a fixed 16 tokens leaves earlier positions unchanged.
-  forward = jax.jit(lambda t: model.module.apply({"params": params}, t, t, enable_dropout=False))
-  for row, prompt in enumerate(prompts):
-    seq, expected = list(prompt), []
-    for _ in range(5):
-      tokens = np.zeros((1, 16), np.int32)
-      tokens[0, 1:len(seq) + 1] = seq
-      token = int(np.argmax(np.asarray(forward(tokens))[0, len(seq)]))
-      expected.append(token)
-      seq.append(token)
-      if token == 1:
-        break
-    expected += [0] * (5 - len(expected))
-    np.testing.assert_array_equal(decoded[row], expected)
-  scores = np.asarray(model.score_batch(params, model.make_batch(prompts, [[3, 1]] * 3, 8, 4)))
-  assert scores.shape == (3,) and np.all(scores < 0)
+  assert decoded.shape == (4, 5)
+  expected = _greedy_full_forward(model, params, prompts, 5, prefix_lm=True)
+  np.testing.assert_array_equal(decoded, expected)
+  # The prefix matters: causal prompt processing decodes differently.
+  assert not np.array_equal(expected, _greedy_full_forward(model, params, prompts, 5, False))
+  # Beam search and sampling run from the same prefill: one beam and a cold sample are greedy
+  # here (greedy ends within the length in the rows checked).
+  eos_model = model_lib.DecoderOnlyModel(
+      model.config, type("Vocab", (), {"eos_id": int(expected[0, 1])})())
+  greedy = np.asarray(eos_model.predict_batch(params, batch, max_decode_length=5))
+  ended = [r for r, row in enumerate(greedy.tolist()) if eos_model.eos_id in row]
+  assert 0 in ended
+  beam = np.asarray(eos_model.predict_batch(params, batch, decode_method="beam", beam_size=1,
+                                            alpha=0.0, max_decode_length=5))
+  np.testing.assert_array_equal(beam[ended], greedy[ended])
+  cold = np.asarray(eos_model.predict_batch(params, batch, jax.random.PRNGKey(0),
+                                            decode_method="sample", num_decodes=2,
+                                            temperature=1e-4, max_decode_length=5))
+  np.testing.assert_array_equal(cold, np.stack([greedy, greedy], axis=1))
+  scores = np.asarray(model.score_batch(params, model.make_batch(prompts, [[3, 1]] * len(prompts), 8, 4)))
+  assert scores.shape == (4,) and np.all(scores < 0)
 
 
 def test_beam_search_reorders_a_scanned_cache(t5):

@@ -29,7 +29,8 @@ class DecoderOnlyLayer(nn.Module):
   max_decode_length: int | None = None
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array | None, positions: Array | None) -> tuple[Array, None]:
+  def __call__(self, x: Array, mask: Array | None, positions: Array | None,
+               prefill_lengths: Array | None) -> tuple[Array, None]:
     cfg, dtype = self.config, layers.as_dtype(self.config.dtype)
     drop = lambda y: nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(
         y, deterministic=self.deterministic)
@@ -39,7 +40,7 @@ class DecoderOnlyLayer(nn.Module):
         cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, dtype, cfg.dropout_rate, scale_logits=True,
         rope_theta=cfg.rope_theta, name="self_attention")(
             h, h, mask=mask, deterministic=self.deterministic, decode=self.decode,
-            prefill=self.prefill, query_positions=positions,
+            prefill=self.prefill, prefill_lengths=prefill_lengths, query_positions=positions,
             max_decode_length=self.max_decode_length)
     if cfg.parallel_block:
       x = x + drop(attended) + drop(mlp(h, self.deterministic))
@@ -55,11 +56,13 @@ class _Stack(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array | None, positions: Array | None, deterministic: bool,
-               decode: bool, prefill: bool, max_decode_length: int | None) -> Array:
+  def __call__(self, x: Array, mask: Array | None, positions: Array | None,
+               prefill_lengths: Array | None, deterministic: bool, decode: bool, prefill: bool,
+               max_decode_length: int | None) -> Array:
     cfg = self.config
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
-    x = layers.run_layers(cfg, DecoderOnlyLayer, cfg.num_layers, x, (mask, positions),
+    x = layers.run_layers(cfg, DecoderOnlyLayer, cfg.num_layers, x,
+                          (mask, positions, prefill_lengths),
                    deterministic=deterministic, decode=decode, prefill=prefill,
                    max_decode_length=max_decode_length)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, layers.as_dtype(cfg.dtype), name="decoder_norm")(x)
@@ -90,19 +93,24 @@ class DecoderOnly(nn.Module):
   def __call__(self, decoder_input_tokens: Array, decoder_target_tokens: Array | None = None,
                decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
                decoder_causal_attention: Array | None = None, *, enable_dropout: bool = True,
-               decode: bool = False, prefill: bool = False,
+               decode: bool = False, prefill: bool = False, prefill_lengths: Array | None = None,
                max_decode_length: int | None = None) -> Array:
     """Logits for every input position.
 
     decode=True: the first call (e.g. `init`) creates a cache of `max_decode_length` (default: the
     input length) positions; later calls take one token each. prefill=True (with decode=True, on
-    an initialized cache) runs a whole prompt [batch, L], writes positions 0..L-1 and leaves the
-    cache index at L, so decoding continues at L; every row's prompt must then be L tokens long.
+    an initialized cache) runs a whole prompt [batch, L], writes positions 0..L-1 and leaves each
+    row's cache index at its prompt length, `prefill_lengths` [batch] (default L), so that row's
+    decoding continues there; prompts of different lengths are right-padded to L (the padding
+    slots are masked, then overwritten by the generated tokens). With `decoder_causal_attention`
+    the prefix attends bidirectionally, as in prefix-LM training.
     """
     del decoder_target_tokens  # masks come from causality, the prefix and segment ids
     cfg = self.config
     if prefill and not decode:
       raise ValueError("prefill=True fills the decoding cache; pass decode=True as well")
+    if prefill_lengths is not None and not prefill:
+      raise ValueError("prefill_lengths only applies to prefill=True calls")
     batch, length = decoder_input_tokens.shape
     embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, layers.as_dtype(cfg.dtype),
                             name="token_embedder")
@@ -111,8 +119,8 @@ class DecoderOnly(nn.Module):
     mask = None if stepping else decoder_mask(batch, length, decoder_causal_attention,
                                               decoder_segment_ids)
     positions = None if decode else decoder_positions
-    x = _Stack(cfg, name="decoder")(x, mask, positions, not enable_dropout, decode, prefill,
-                                    max_decode_length)
+    x = _Stack(cfg, name="decoder")(x, mask, positions, prefill_lengths, not enable_dropout,
+                                    decode, prefill, max_decode_length)
     if cfg.logits_via_embedding:
       x = embedder.attend(x)
       if cfg.scale_tied_logits:

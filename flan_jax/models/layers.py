@@ -256,6 +256,12 @@ class MultiHeadAttention(nn.Module):
   [batch, cache_length, kv_heads, head_dim] and `cache_index` [batch]): the first
   (initializing) call sizes the cache and attends as in training; later calls take one token
   each, or, with `prefill=True`, a whole prompt written from position 0.
+
+  The cache index is per row, so rows of one batch may hold prompts of different lengths
+  (`prefill_lengths`): row r's next token goes to slot `cache_index[r]`, attends to slots
+  <= that index, and takes that index as its RoPE position, exactly the teacher-forced layout.
+  Slots a shorter prompt's padding filled during prefill are masked until generated tokens
+  overwrite them.
   """
   num_heads: int
   num_kv_heads: int
@@ -268,7 +274,8 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, *, mask: Array | None = None,
                bias: Array | None = None, deterministic: bool = True, decode: bool = False,
-               prefill: bool = False, query_positions: Array | None = None,
+               prefill: bool = False, prefill_lengths: Array | None = None,
+               query_positions: Array | None = None,
                max_decode_length: int | None = None) -> Array:
     """Attention output [batch, q, embed].
 
@@ -276,6 +283,8 @@ class MultiHeadAttention(nn.Module):
       inputs_q: [batch, q, embed] queries; inputs_kv: [batch, k, embed] keys/values.
       mask: bool [batch, q, k], True attends. Ignored by single-token decoding (causal over the
         cache); with prefill it covers the prompt.
+      prefill_lengths: int [batch], with prefill: the number of real prompt tokens per row
+        (default: all q); decoding continues at that slot.
       bias: float32 [1 or batch, heads, q, k] added to the logits; when decoding one token it
         spans the whole cache ([.., cache_length, cache_length]) and the current row is used.
       query_positions: [batch, q] positions for RoPE (default: arange, or from the cache index).
@@ -303,32 +312,36 @@ class MultiHeadAttention(nn.Module):
       cache_shape = (batch, max_decode_length or key.shape[1], self.num_kv_heads, self.head_dim)
       cached_key = self.variable("cache", "cached_key", jnp.zeros, cache_shape, self.dtype)
       cached_value = self.variable("cache", "cached_value", jnp.zeros, cache_shape, self.dtype)
-      # One (equal) entry per row, so code that reorders cache rows (beam search) treats every
-      # cache leaf alike, with or without a leading scanned-layers axis.
+      # One entry per row (rows may be at different positions), so code that reorders cache rows
+      # (beam search) treats every cache leaf alike, with or without a leading layers axis.
       cache_index = self.variable("cache", "cache_index", jnp.zeros, (batch,), jnp.int32)
-    start = cache_index.value[0] if stepping and not prefill else 0
+    index = cache_index.value if stepping and not prefill else jnp.zeros((batch,), jnp.int32)
     if self.rope_theta is not None:
       if query_positions is None:
-        query_positions = jnp.broadcast_to(start + jnp.arange(q_len), (batch, q_len))
+        query_positions = index[:, None] + jnp.arange(q_len)[None, :]
       query = apply_rope(query, query_positions, self.rope_theta)
       key = apply_rope(key, query_positions, self.rope_theta)
 
-    if stepping:
-      cache_len = cached_key.value.shape[1]
-      cached_key.value = jax.lax.dynamic_update_slice(
-          cached_key.value, key.astype(self.dtype), (0, start, 0, 0))
-      cached_value.value = jax.lax.dynamic_update_slice(
-          cached_value.value, value.astype(self.dtype), (0, start, 0, 0))
-      cache_index.value = jnp.full((batch,), start + q_len, jnp.int32)
+    if stepping and prefill:
+      # The prompt attends to itself only (the rest of the cache is empty): no padded mask.
+      cached_key.value = jax.lax.dynamic_update_slice_in_dim(
+          cached_key.value, key.astype(self.dtype), 0, axis=1)
+      cached_value.value = jax.lax.dynamic_update_slice_in_dim(
+          cached_value.value, value.astype(self.dtype), 0, axis=1)
+      cache_index.value = (jnp.full((batch,), q_len, jnp.int32) if prefill_lengths is None
+                           else prefill_lengths.astype(jnp.int32))
+      mask = causal_mask(batch, q_len) if mask is None else mask
+    elif stepping:
+      # Each row writes its one new key/value in place at its own slot (a batched
+      # dynamic_update_slice, i.e. a scatter, no copy of the cache).
+      write = jax.vmap(lambda cache, new, i: jax.lax.dynamic_update_slice_in_dim(cache, new, i, 0))
+      cached_key.value = write(cached_key.value, key.astype(self.dtype), index)
+      cached_value.value = write(cached_value.value, value.astype(self.dtype), index)
+      cache_index.value = index + 1
       key, value = cached_key.value, cached_value.value
-      key_pos = jnp.arange(cache_len)
-      if prefill:
-        prompt_mask = causal_mask(batch, q_len) if mask is None else mask
-        mask = jnp.pad(prompt_mask, ((0, 0), (0, 0), (0, cache_len - q_len)))
-      else:
-        mask = jnp.broadcast_to(key_pos <= start, (batch, 1, cache_len))
-        if bias is not None:
-          bias = jax.lax.dynamic_slice_in_dim(bias, start, 1, axis=-2)
+      mask = (jnp.arange(key.shape[1])[None, :] <= index[:, None])[:, None, :]
+      if bias is not None:  # each row's query row of the whole-cache bias
+        bias = jnp.take_along_axis(bias, index[:, None, None, None], axis=-2)
 
     out = self._attend(query, key, value, mask, bias, deterministic)
     return DenseGeneral((inputs_q.shape[-1],), ("heads", "kv", "embed"), num_in=2,

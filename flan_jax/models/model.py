@@ -78,11 +78,9 @@ def normalize_loss(token_loss: jax.Array, weights: jax.Array, mode: str | float,
 
 
 class _DecodeSetup(NamedTuple):
-  cache: Any
+  cache: Any                           # for batch * rows_per_input rows
   tokens_to_logits: decoding.TokensToLogits
-  length: int                          # decoding steps (prompt included)
-  prompt: jax.Array | None = None      # [batch, length] forced tokens (decoder-only)
-  prompt_lengths: jax.Array | None = None  # [batch]
+  initial_logits: jax.Array | None = None  # [rows, vocab] step-0 logits of a prefilled prompt
 
 
 class BaseModel(abc.ABC):
@@ -124,6 +122,12 @@ class BaseModel(abc.ABC):
   def _decoding_setup(self, params: Any, batch: Batch, rows_per_input: int,
                       max_decode_length: int) -> _DecodeSetup:
     """Cache and callback for decoding `rows_per_input` sequences per batch row."""
+
+  def _empty_cache(self, *args: jax.Array, **kwargs: Any) -> Any:
+    """The zero `cache` collection a decode=True call on these inputs creates: shapes from
+    `jax.eval_shape` (nothing is initialized or run), then zeros."""
+    shapes = jax.eval_shape(lambda *a: self.module.init(jax.random.PRNGKey(0), *a, **kwargs), *args)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
   @abc.abstractmethod
   def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, Sequence[int]],
@@ -206,20 +210,15 @@ class BaseModel(abc.ABC):
     if decode_method == "beam":
       seqs, _ = decoding.beam_search(
           setup.tokens_to_logits, setup.cache, batch=batch_size, beam_size=beam_size,
-          length=setup.length, eos_id=self.eos_id, alpha=alpha, prompt=setup.prompt,
-          prompt_lengths=setup.prompt_lengths, cache_batch_axis=self._cache_batch_axis())
-      seqs = seqs[:, :num_decodes]
-    else:
-      repeat = lambda x: None if x is None else decoding.repeat_rows(x, num_decodes)
-      seqs, _ = decoding.temperature_sample(
-          setup.tokens_to_logits, setup.cache, rows=batch_size * num_decodes, length=setup.length,
-          eos_id=self.eos_id, rng=rng, temperature=0.0 if decode_method == "greedy" else temperature,
-          topk=topk, topp=topp, prompt=repeat(setup.prompt),
-          prompt_lengths=repeat(setup.prompt_lengths))
-      seqs = seqs.reshape(batch_size, num_decodes, setup.length)
-    if setup.prompt_lengths is not None:
-      seqs = _drop_prompt(seqs, setup.prompt_lengths, max_decode_length)
-    return seqs
+          length=max_decode_length, eos_id=self.eos_id, alpha=alpha,
+          initial_logits=setup.initial_logits, cache_batch_axis=self._cache_batch_axis())
+      return seqs[:, :num_decodes]
+    seqs, _ = decoding.temperature_sample(
+        setup.tokens_to_logits, setup.cache, rows=batch_size * num_decodes,
+        length=max_decode_length, eos_id=self.eos_id, rng=rng,
+        temperature=0.0 if decode_method == "greedy" else temperature, topk=topk, topp=topp,
+        initial_logits=setup.initial_logits)
+    return seqs.reshape(batch_size, num_decodes, max_decode_length)
 
   def _cache_batch_axis(self) -> int:
     """Stacked (scanned) layers put the layer axis in front of the batch in cache leaves."""
@@ -227,14 +226,6 @@ class BaseModel(abc.ABC):
 
   def _dropout(self, dropout_rng: jax.Array | None) -> tuple[bool, dict[str, jax.Array]]:
     return dropout_rng is not None, ({} if dropout_rng is None else {"dropout": dropout_rng})
-
-
-def _drop_prompt(seqs: jax.Array, prompt_lengths: jax.Array, keep: int) -> jax.Array:
-  """[batch, n, length] with per-row prompts in front → the `keep` tokens after each prompt."""
-  idx = prompt_lengths[:, None, None] + jnp.arange(keep)[None, None, :]
-  idx = jnp.broadcast_to(idx, seqs.shape[:2] + (keep,))
-  valid = idx < seqs.shape[-1]
-  return jnp.where(valid, jnp.take_along_axis(seqs, jnp.minimum(idx, seqs.shape[-1] - 1), axis=-1), 0)
 
 
 def _pad(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
@@ -296,8 +287,7 @@ class EncoderDecoderModel(BaseModel):
     enc_tokens = decoding.repeat_rows(batch["encoder_input_tokens"], rows_per_input)
     rows = enc_tokens.shape[0]
     dummy = jnp.ones((rows, max_decode_length), jnp.int32)
-    cache = self.module.init(jax.random.PRNGKey(0), enc_tokens, dummy, dummy, enable_dropout=False,
-                             decode=True)["cache"]
+    cache = self._empty_cache(enc_tokens, dummy, dummy, enable_dropout=False, decode=True)
     # Encode once per input, then repeat: the encoder output does not depend on the sample.
     encoded = self.module.apply({"params": params}, batch["encoder_input_tokens"],
                                 enable_dropout=False, method=self.module.encode)
@@ -309,15 +299,16 @@ class EncoderDecoderModel(BaseModel):
           state.cur_token, enable_dropout=False, decode=True, max_decode_length=max_decode_length,
           method=self.module.decode, mutable=["cache"])
       return logits[:, -1, :], variables["cache"]
-    return _DecodeSetup(cache, tokens_to_logits, max_decode_length)
+    return _DecodeSetup(cache, tokens_to_logits)
 
 
 class DecoderOnlyModel(BaseModel):
   """PaLM / Llama-style decoder-only wrapper (seqio PrefixLMFeatureConverter batches).
 
-  Prediction feeds the prompt (the `inputs` part of `decoder_target_tokens`, see `_prompt_lengths`)
-  one token at a time through the cache, then generates up to `max_decode_length` tokens after it;
-  the returned tokens are the generated ones only.
+  Prediction runs every row's prompt (BOS + the `inputs` part of `decoder_target_tokens`, see
+  `_prompt_lengths`) through the network in one prefill call, with the bidirectional prefix the
+  model was trained with, then generates up to `max_decode_length` tokens after it; the returned
+  tokens are the generated ones only.
   """
 
   feature_converter_cls = seqio.PrefixLMFeatureConverter
@@ -363,22 +354,31 @@ class DecoderOnlyModel(BaseModel):
         enable_dropout=enable_dropout, rngs=rngs)
 
   def _decoding_setup(self, params, batch, rows_per_input, max_decode_length):
-    prompt_lengths = _prompt_lengths(batch)
-    prompt_len = batch["decoder_target_tokens"].shape[1]
-    length = prompt_len + max_decode_length
-    prompt = jnp.pad(batch["decoder_target_tokens"], ((0, 0), (0, max_decode_length)))
-    prompt = jnp.where(jnp.arange(length)[None] < prompt_lengths[:, None], prompt, 0)
-    rows = prompt.shape[0] * rows_per_input
-    dummy = jnp.ones((rows, length), jnp.int32)
-    cache = self.module.init(jax.random.PRNGKey(0), dummy, dummy, enable_dropout=False,
-                             decode=True)["cache"]
+    # Rows keep their prompts right-padded and their own cache index (see
+    # layers.MultiHeadAttention): positions and cache slots are then those of training, with no
+    # per-row offsets to carry, which left-padding would need.
+    targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
+    width = targets.shape[1]
+    fed_lengths = _prompt_lengths(batch) + 1  # BOS, then the prompt
+    in_prompt = jnp.arange(width)[None, :] < fed_lengths[:, None]
+    fed = jnp.where(in_prompt, jnp.pad(targets[:, :-1], ((0, 0), (1, 0))), 0)
+    length = width + max_decode_length
+    cache = self._empty_cache(jnp.zeros((targets.shape[0], length), jnp.int32),
+                              enable_dropout=False, decode=True)
+    logits, variables = self.module.apply(
+        {"params": params, "cache": cache}, fed, decoder_causal_attention=in_prompt,
+        enable_dropout=False, decode=True, prefill=True, prefill_lengths=fed_lengths,
+        mutable=["cache"])
+    last = jnp.take_along_axis(logits, (fed_lengths - 1)[:, None, None], axis=1)[:, 0]
+    axis = self._cache_batch_axis()
+    cache = jax.tree.map(lambda x: jnp.repeat(x, rows_per_input, axis=axis), variables["cache"])
 
     def tokens_to_logits(state: decoding.DecodingState):
       logits, variables = self.module.apply(
-          {"params": params, "cache": state.cache}, state.cur_token, state.cur_token,
-          enable_dropout=False, decode=True, max_decode_length=length, mutable=["cache"])
+          {"params": params, "cache": state.cache}, state.cur_token, enable_dropout=False,
+          decode=True, mutable=["cache"])
       return logits[:, -1, :], variables["cache"]
-    return _DecodeSetup(cache, tokens_to_logits, length, prompt, prompt_lengths)
+    return _DecodeSetup(cache, tokens_to_logits, decoding.repeat_rows(last, rows_per_input))
 
 
 def _prompt_lengths(batch: Batch) -> jax.Array:
