@@ -1,4 +1,4 @@
-"""Super-NaturalInstructions: every task of a natural-instructions checkout, MMLU-derived tasks excluded.
+"""Super-NaturalInstructions: every task of a natural-instructions checkout, MMLU-derived ones out.
 
 The checkout is `$FLAN_JAX_NIV2_DIR` (a clone of github.com/allenai/natural-instructions), else
 `$FLAN_JAX_DATA_DIR/niv2_sample` (default ../shared/data/niv2_sample: the default split lists and
@@ -6,9 +6,9 @@ three real task files). Registered tasks are the union of
 * every `tasks/task*.json` file (a full checkout has ~1,600), and
 * the names in `splits/default/{train,test,excluded}_tasks.txt` (the sample's two lists name the 875
   English tasks of the final release),
-minus the `*_mmmlu_*` tasks (MMLU questions rewritten as NIv2 tasks; the Flan collection drops them so
-MMLU stays held out). A full checkout so gives the paper's collection (~1,554 tasks, non-English ones
-included); the sample gives 818. `TASK_LIST_SOURCE` says which it was. A task whose file is absent
+minus the `*_mmmlu_*` tasks (MMLU questions rewritten as NIv2 tasks; the Flan collection drops
+them so MMLU stays held out). A full checkout so gives the paper's collection (~1,554 tasks,
+non-English ones included); the sample gives 818. `TASK_LIST_SOURCE` says which it was. A task whose file is absent
 is still registered and fails with a clear message when read.
 
 Each task gives `niv2_<task>_zs_noopt` (characters SeqIO does not allow in names, such as '-',

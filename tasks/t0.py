@@ -9,8 +9,8 @@ prompt and target as `inputs_pretokenized` / `targets_pretokenized` (its `inputs
 T5 token ids), plus `answer_choices` for multiple-choice prompts; an export that wrote the rendered
 text as string `inputs` / `targets` reads too. P3 prompts are already instructions, so the templates
 here only frame them and add the options block; the `opt` variants skip rows with no
-`answer_choices`. Counts are unknown offline: every task is rated at the 20k cap. Without the collection
-info file no T0 task is registered.
+`answer_choices`. Counts are unknown offline: every task is rated at the 20k cap. Without the
+collection info file no T0 task is registered.
 """
 import re
 from typing import Any, Mapping

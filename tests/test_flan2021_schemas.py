@@ -16,8 +16,8 @@ from flan_jax.data import templates
 from flan_jax.data import vocab as vocab_lib
 from flan_jax.tasks import flan2021
 
-TFDS_TASKS = sorted(n for n, (tfds_name, _, _) in flan2021.DATASETS.items() if tfds_name != "local")
-LOCAL_TASKS = sorted(n for n, (tfds_name, _, _) in flan2021.DATASETS.items() if tfds_name == "local")
+LOCAL_TASKS = sorted(n for n, (source, _, _) in flan2021.DATASETS.items() if source == "local")
+TFDS_TASKS = sorted(set(flan2021.DATASETS) - set(LOCAL_TASKS))
 # A few random examples per dataset; integers below 4 so plain-integer labels (HellaSwag, Story
 # Cloze, Sentiment140's 0/2/4) can land on a real option. ClassLabels use their own range.
 MOCK = dict(num_examples=4, max_value=4, policy=tfds.testing.MockPolicy.USE_CODE)

@@ -163,7 +163,7 @@ def test_field_mapper_drops_examples_without_a_target():
 
 
 def test_malformed_rows_of_every_source_type_are_located(tmp_path):
-  """NIv2 task JSON, Flan JSONL, JSON lists and rows a row_fn cannot map: file and line (or item)."""
+  """NIv2 task JSON, Flan JSONL, JSON lists, rows a row_fn cannot map: file and line (or item)."""
   niv2 = tmp_path / "task2_x.json"
   niv2.write_text(json.dumps({"Definition": ["d"], "Positive Examples": [],
                               "Instances": [{"input": "a", "output": ["b"]}, {"input": "c"}]}))

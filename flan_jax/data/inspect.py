@@ -30,7 +30,8 @@ FEATURE_LENGTHS = {"inputs": 2048, "targets": 512}
 # Paper task counts (Longpre et al., 2023, Table 1): Muffin's 80 include Dialog and the 5 program
 # synthesis datasets, which are not registered here (no public source).
 PAPER_COUNTS = {"flan2021+dialog (Muffin)": 80, "t0": 193, "niv2": 1554, "cot": 9, "total": 1836}
-# The paper's count per registered collection: Flan 2021 = Muffin's 80 - Dialog 3 - program synthesis 5.
+# The paper's count per registered collection (Flan 2021 = Muffin's 80 - Dialog 3 - program
+# synthesis 5).
 PAPER_TARGETS = {"flan2021": 72, "dialog": 3, "t0": 193, "niv2": 1554, "cot": 9}
 EXCLUDED = {"program_synthesis": ["dmcc_python", "dr_repair_error_comments",
                                   "dr_repair_line_numbers", "dr_repair_no_errors",
@@ -38,8 +39,9 @@ EXCLUDED = {"program_synthesis": ["dmcc_python", "dr_repair_error_comments",
 MAIN_COLLECTIONS = ("flan2021", "dialog", "t0", "niv2", "cot")
 # flan_collection_info.csv `Source` values per collection, and whether a row is a task (T0 prompts,
 # NIv2 tasks) or one of several rows of a dataset.
-_INFO_SOURCES = {"flan2021": (("FLAN", "FLAN/T0"), "datasets"), "dialog": (("Dialog",), "datasets"),
-                 "t0": (("T0",), "rows"), "niv2": (("NIv2",), "rows"), "cot": (("CoT",), "datasets")}
+_INFO_SOURCES = {"flan2021": (("FLAN", "FLAN/T0"), "datasets"),
+                 "dialog": (("Dialog",), "datasets"), "t0": (("T0",), "rows"),
+                 "niv2": (("NIv2",), "rows"), "cot": (("CoT",), "datasets")}
 
 
 def collection_info_counts() -> dict[str, int]:
