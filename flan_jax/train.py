@@ -22,7 +22,7 @@ if __name__ == "__main__":
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           batch_size: int = gin.REQUIRED, model: Any = gin.REQUIRED,
           optimizer: Optimizer | None = None, initial_checkpoint_path: str | None = None,
           pack: bool = True, shuffle: bool = True, seed: int = 0, use_cached: bool = False,
+          cache_dirs: Sequence[str] = (),
           num_microbatches: int = 1, loss_normalization: str | None = None,
           log_period: int = 100, checkpoint_period: int = 1000, keep_checkpoints: int | None = 3,
           async_checkpointing: bool = True, eval_period: int = 1000, eval_batches: int = 10,
@@ -199,6 +200,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     model: a model wrapper (flan_jax.models), typically bound by a gin file in gin/models/.
     optimizer: optim.Optimizer; default Adafactor at 5e-4 constant (Flan-T5's Table 22).
     initial_checkpoint_path: model dir (or a converted checkpoint) whose params start the run.
+    use_cached: read the tasks from SeqIO's offline cache (`python -m flan_jax.data.cache NAME
+      --output_dir=DIR`) instead of running their preprocessing; inference eval stays live.
+    cache_dirs: folders searched for that cache (added to SeqIO's global cache dirs).
     eval_period / checkpoint_period / log_period: in steps; the last step always evals and saves.
     eval_batches: batches of the `eval_split` for the teacher-forced loss (0: off).
     infer_eval: run seqio.Evaluator with predict_batch at each eval (metrics of the tasks).
@@ -210,6 +214,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   registry = _registry()
   import seqio  # pylint: disable=import-outside-toplevel
   task = registry.get_mixture_or_task(mixture_or_task_name)
+  if use_cached:
+    from flan_jax.data import cache  # pylint: disable=import-outside-toplevel
+    for cache_dir in cache_dirs:
+      cache.use_cache_dir(cache_dir)
+    cache.require_cached(mixture_or_task_name,
+                         ["train"] + ([eval_split] if eval_batches else []))
   optimizer = optimizer or adafactor()
   if batch_size % jax.process_count():
     raise ValueError(f"BATCH_SIZE {batch_size} must be a multiple of the {jax.process_count()} hosts")
@@ -377,8 +387,10 @@ def main() -> None:
   try:
     train()
   except (ValueError, FileNotFoundError, RuntimeError) as e:
+    from flan_jax.data.cache import CacheMissingError  # pylint: disable=import-outside-toplevel
     from flan_jax.trainer import NonFiniteLossError  # pylint: disable=import-outside-toplevel
-    if isinstance(e, NonFiniteLossError) or "INITIAL_CHECKPOINT_PATH" in str(e):
+    if (isinstance(e, (NonFiniteLossError, CacheMissingError))
+        or "INITIAL_CHECKPOINT_PATH" in str(e)):
       raise SystemExit(f"error: {e}") from None
     raise
   logging.info("training finished in %.0f s", time.time() - start)

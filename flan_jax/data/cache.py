@@ -8,6 +8,8 @@ TFRecords; `get_dataset(..., use_cached=True)` then only appends EOS and trims.
 
     python -m flan_jax.data.cache cot_submix --output_dir=/data/flan_cache
     # then, before reading: use_cache_dir("/data/flan_cache"); get_dataset(..., use_cached=True)
+    # or train from it: python -m flan_jax.train ... --gin.train.use_cached=True \
+    #     --gin.train.cache_dirs="['/data/flan_cache']"
 """
 from __future__ import annotations
 
@@ -20,9 +22,14 @@ from typing import Optional, Sequence
 
 import seqio
 
+import tensorflow as tf
+
 from flan_jax.data import mixing
 from flan_jax.data import registry
 
+
+class CacheMissingError(ValueError):
+  """A task to be read with `use_cached=True` has no usable SeqIO cache."""
 
 
 def leaf_tasks(names: Sequence[str]) -> list[str]:
@@ -79,6 +86,31 @@ def cache(names: Sequence[str], output_dir: str, *, modules: Sequence[str] = (),
 def use_cache_dir(cache_dir: str) -> None:
   """Makes `get_dataset(..., use_cached=True)` find tasks cached in `cache_dir`."""
   seqio.add_global_cache_dirs([cache_dir])
+
+
+def require_cached(name: str, splits: Sequence[str]) -> list[str]:
+  """Checks that every leaf task of task/mixture `name` is cached for `splits`; returns the tasks.
+
+  SeqIO itself fails on a missing cache with a bare assertion deep inside `get_dataset`; this names
+  the task, the folders searched and the command that builds the cache.
+  """
+  searched = ", ".join(seqio.utils.get_global_cache_dirs()) or "no cache folder (none was given)"
+  fix = (f"build it with `python -m flan_jax.data.cache {name} --output_dir=DIR` and train with "
+         f"--gin.train.use_cached=True --gin.train.cache_dirs=\"['DIR']\"")
+  tasks = leaf_tasks([name])
+  for task_name in tasks:
+    task = seqio.get_mixture_or_task(task_name)
+    if not task.supports_caching:
+      raise CacheMissingError(
+          f"Task '{task_name}' cannot be read from a cache: its preprocessors have no "
+          "seqio.CacheDatasetPlaceholder(); train it with use_cached=False.")
+    if task.cache_dir is None:
+      raise CacheMissingError(f"Task '{task_name}' is not cached in {searched}: {fix}.")
+    for split in splits:
+      if not tf.io.gfile.exists(seqio.utils.get_cached_info_path(task.cache_dir, split)):
+        raise CacheMissingError(f"Task '{task_name}' is cached in {task.cache_dir} without its "
+                                f"'{split}' split: {fix} (with --overwrite).")
+  return tasks
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
