@@ -69,8 +69,9 @@ class _Stack(nn.Module):
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     if cfg.logits_via_embedding:
       return x
-    return layers.DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), dtype=jnp.float32,
-                               out_dtype=jnp.float32, name="logits_dense")(x)
+    return layers.DenseGeneral((cfg.vocab_size,), ("embed", "vocab"),
+                               dtype=layers.as_dtype(cfg.dtype), out_dtype=jnp.float32,
+                               name="logits_dense")(x)
 
 
 def decoder_mask(batch: int, length: int, causal_attention: Array | None,

@@ -123,8 +123,10 @@ class Decoder(nn.Module):
                    decode=decode, max_decode_length=max_decode_length)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, layers.as_dtype(cfg.dtype), name="decoder_norm")(x)
     x = _dropout(cfg, x, deterministic)
-    logits = layers.DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), dtype=jnp.float32,
-                                 out_dtype=jnp.float32, name="logits_dense")(x)
+    # Computed in the activation dtype with float32 accumulation and output (as under autocast).
+    logits = layers.DenseGeneral((cfg.vocab_size,), ("embed", "vocab"),
+                                 dtype=layers.as_dtype(cfg.dtype), out_dtype=jnp.float32,
+                                 name="logits_dense")(x)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
