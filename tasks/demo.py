@@ -119,8 +119,8 @@ def _register(demo: demo_generators.DemoFamily, output_features: dict) -> str:
           formatting.make_preprocessor(
               demo.family, demo.template_types, task_name=name, task_source=TASK_SOURCE,
               seed=DEMO_SEED, exemplars=functools.partial(_exemplars, demo),
-              fewshot=formatting.FewShotConfig(max_input_tokens=DEMO_MAX_INPUT_TOKENS)),
-          seqio.preprocessors.tokenize,
+              fewshot=formatting.FewShotConfig(max_input_tokens=DEMO_MAX_INPUT_TOKENS),
+              tokenize=True),  # in place of seqio.preprocessors.tokenize: same ids, no TF op
           seqio.preprocessors.append_eos_after_trim,
       ],
       output_features=output_features,

@@ -2,6 +2,7 @@
 import collections
 import itertools
 
+import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
@@ -190,3 +191,29 @@ def test_to_python_decodes_numpy_examples():
   assert example == {"q": "a", "options": ["x", "y"], "n": 3}
   assert list(itertools.islice(fmt.Formatter(FAMILY, tpl.ZS_NOOPT, task_name="t").format_stream(
       [dict(question="q?", answer="a")]), 1))[0]["inputs"] == "[t0] q?"
+
+
+def test_python_tokenization_matches_seqio_tokenize_on_real_cot_rows(t5_vocab_path):
+  """`tokenize=True` gives exactly the features `seqio.preprocessors.tokenize` gives after it."""
+  from flan_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from flan_jax.tasks import cot  # pylint: disable=g-import-not-at-top
+  vocabulary = seqio.SentencePieceVocabulary(str(t5_vocab_path))
+  features = {"inputs": seqio.Feature(vocabulary), "targets": seqio.Feature(vocabulary)}
+  cases = [("gsm8k", cot.COT_FAMILY, (tpl.ZS_COT, tpl.FS_COT), 1920),
+           ("ecqa", cot.COT_FAMILY, tpl.FS_COT, 300),  # tight budget: exemplars get pruned
+           ("strategyqa", cot.INVERSION_FAMILY, (tpl.ZS_NOOPT, tpl.FS_NOOPT), 400)]
+  for name, family, types, budget in cases:
+    path = require_shared_data("flan_cot", cot.DATASETS[name][0])
+    rows = sources.read_tsv(path, sources.COT_COLUMNS)
+    dataset = sources.rows_to_dataset(rows[:60], name)
+    make = lambda tokenize: fmt.make_preprocessor(  # pylint: disable=cell-var-from-loop
+        family, types, task_name=f"eq_{name}", exemplars=rows[100:400], tokenize=tokenize,
+        fewshot=fmt.FewShotConfig(max_input_tokens=budget))
+    reference = list(seqio.preprocessors.tokenize(make(False)(dataset, output_features=features),
+                                                  features).as_numpy_iterator())
+    fast = list(make(True)(dataset, output_features=features).as_numpy_iterator())
+    assert len(fast) == len(reference) > 40, name
+    for got, want in zip(fast, reference):
+      assert got.keys() == want.keys()
+      for key in want:
+        assert np.array_equal(got[key], want[key]), (name, key)

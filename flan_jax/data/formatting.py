@@ -17,13 +17,18 @@ or `None` when a few-shot query ends up with no exemplar (such queries are dropp
   `DELIMITERS`, chosen by a stable hash of its name.
 
 `make_preprocessor(...)` wraps a formatter as a SeqIO preprocessor on tf.data. The rendering runs in
-Python over the upstream dataset (a generator source), which keeps the stream deterministic.
+Python over the upstream dataset (a generator source), which keeps the stream deterministic. With
+`tokenize=True` it also tokenizes, in Python with the same SentencePiece model, and replaces
+`seqio.preprocessors.tokenize` (same features, same ids): a task then builds no TF SentencePiece
+op, whose start-up (~0.5 s per task and per `get_dataset`, measured) dominated mixtures of many
+tasks, and few-shot prompts reuse the ids computed while pruning instead of being encoded twice.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import random
+import threading
 import zlib
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
@@ -45,6 +50,7 @@ OUTPUT_SIGNATURE = {
     "_template_type": tf.TensorSpec([], tf.string),
     "_template_idx": tf.TensorSpec([], tf.int32),
 }
+TEXT_FEATURES = ("inputs", "targets")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,29 +262,75 @@ def to_python(example: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def apply_formatter(dataset: tf.data.Dataset, formatter: Formatter,
-                    chunk_size: int = 64) -> tf.data.Dataset:
+class Encoder:
+  """Token counting and encoding with one vocabulary, remembering the last text it encoded.
+
+  The formatter counts the tokens of every few-shot prompt it keeps; `encode` of that same text
+  right after (tokenizing the rendered example) reuses those ids instead of encoding it again.
+  The memo is per thread and keyed by the text itself, so a hit always returns the text's own ids.
+  """
+
+  def __init__(self, vocabulary: Any):
+    self.vocabulary = vocabulary
+    self._last = threading.local()
+
+  def encode(self, text: str) -> list[int]:
+    last = getattr(self._last, "pair", None)
+    if last is not None and last[0] == text:
+      return last[1]
+    ids = self.vocabulary.encode(text)
+    self._last.pair = (text, ids)
+    return ids
+
+  def __call__(self, text: str) -> int:
+    return len(self.encode(text))
+
+
+def apply_formatter(dataset: tf.data.Dataset, formatter: Formatter, chunk_size: int = 64,
+                    encoders: Optional[Mapping[str, Encoder]] = None) -> tf.data.Dataset:
   """Runs `formatter` over a tf.data stream of canonical examples (positions counted from 0).
 
   The generator hands tf.data chunks of `chunk_size` rendered examples, which are unbatched again:
   `from_generator` costs about half a millisecond per element, so per-example yields would dominate.
+  With `encoders` ({"inputs": ..., "targets": ...}) the texts are also tokenized, giving the
+  features `seqio.preprocessors.tokenize` would: int32 ids under the feature name and the text
+  under `<name>_pretokenized`.
   """
+  signature = dict(OUTPUT_SIGNATURE)
+  if encoders:
+    for key in TEXT_FEATURES:
+      signature[f"{key}_pretokenized"] = signature[key]
+      signature[key] = tf.TensorSpec([None], tf.int32)
 
   def generate():
     stream = formatter.format_stream(to_python(e) for e in dataset.as_numpy_iterator())
     while chunk := list(itertools.islice(stream, chunk_size)):
-      yield {key: [example[key] for example in chunk] for key in OUTPUT_SIGNATURE}
+      columns = {key: [example[key] for example in chunk] for key in OUTPUT_SIGNATURE}
+      if encoders:
+        for key in TEXT_FEATURES:
+          texts = columns[f"{key}_pretokenized"] = columns[key]
+          columns[key] = tf.ragged.constant([encoders[key].encode(t) for t in texts],
+                                            dtype=tf.int32, ragged_rank=1)
+      yield columns
 
-  chunk_signature = {k: tf.TensorSpec([None], spec.dtype) for k, spec in OUTPUT_SIGNATURE.items()}
+  chunk_signature = {
+      k: (tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1) if spec.shape.rank
+          else tf.TensorSpec([None], spec.dtype)) for k, spec in signature.items()}
   return tf.data.Dataset.from_generator(generate, output_signature=chunk_signature).unbatch()
 
 
-def vocabulary_token_counter(output_features: Optional[Mapping[str, Any]]) -> Optional[TokenCounter]:
-  """Counts tokens with the `inputs` feature's vocabulary (None when there are no output features)."""
-  if not output_features or "inputs" not in output_features:
+def output_encoders(output_features: Optional[Mapping[str, Any]]) -> Optional[dict[str, Encoder]]:
+  """{"inputs": Encoder, "targets": Encoder} for SeqIO output features (None without them).
+
+  Features sharing one vocabulary share one encoder (and its memo).
+  """
+  if not output_features or any(key not in output_features for key in TEXT_FEATURES):
     return None
-  vocabulary = output_features["inputs"].vocabulary
-  return lambda text: len(vocabulary.encode(text))
+  inputs_vocabulary = output_features["inputs"].vocabulary
+  inputs = Encoder(inputs_vocabulary)
+  targets_vocabulary = output_features["targets"].vocabulary
+  targets = inputs if targets_vocabulary is inputs_vocabulary else Encoder(targets_vocabulary)
+  return {"inputs": inputs, "targets": targets}
 
 
 def make_preprocessor(family: tpl.TemplateFamily, template_types: Union[str, Sequence[str]], *,
@@ -286,11 +338,13 @@ def make_preprocessor(family: tpl.TemplateFamily, template_types: Union[str, Seq
                       options_mode: str = "deterministic",
                       exemplars: Optional[ExemplarSource] = None,
                       fewshot: FewShotConfig = FewShotConfig(),
-                      delimiter: Optional[Delimiter] = None) -> Callable[..., tf.data.Dataset]:
+                      delimiter: Optional[Delimiter] = None,
+                      tokenize: bool = False) -> Callable[..., tf.data.Dataset]:
   """A SeqIO preprocessor rendering canonical examples with `family` (args as for `Formatter`).
 
-  Put it first in a Task's preprocessors, before `seqio.preprocessors.tokenize`. It takes SeqIO's
-  `output_features` so few-shot pruning counts tokens with the task's own input vocabulary.
+  Put it first in a Task's preprocessors, before `seqio.preprocessors.tokenize` (or, with
+  `tokenize=True`, instead of it: see the module docstring). It takes SeqIO's `output_features` so
+  few-shot pruning counts tokens with the task's own input vocabulary.
   """
   # Built once so the exemplar pool is read once per process, not once per get_dataset call.
   formatter = Formatter(family, template_types, task_name=task_name, task_source=task_source,
@@ -298,8 +352,12 @@ def make_preprocessor(family: tpl.TemplateFamily, template_types: Union[str, Seq
                         fewshot=fewshot, delimiter=delimiter)
 
   def preprocess(dataset: tf.data.Dataset, output_features=None) -> tf.data.Dataset:
-    formatter.token_counter = vocabulary_token_counter(output_features)
-    return apply_formatter(dataset, formatter)
+    encoders = output_encoders(output_features)
+    formatter.token_counter = encoders["inputs"] if encoders else None
+    if tokenize and encoders is None:
+      raise ValueError(f"Task '{task_name}': tokenize=True needs SeqIO output features "
+                       "'inputs' and 'targets' (their vocabularies tokenize the texts).")
+    return apply_formatter(dataset, formatter, encoders=encoders if tokenize else None)
 
   preprocess.__name__ = f"format_{family.name}"
   return preprocess
