@@ -8,7 +8,7 @@ REQS := requirements/base.txt requirements/nodeps.txt requirements/test.txt requ
 export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
 
-.PHONY: demo test venv lock clean-venv
+.PHONY: demo test venv libtpu lock clean-venv
 
 venv: $(STAMP)
 
@@ -24,7 +24,16 @@ $(STAMP): $(REQS)
 demo: $(STAMP)
 	$(PY) -m flan_jax.train --gin_file=runs/demo.gin
 
-test: $(STAMP)
+# libtpu in its own folder, not the venv's site-packages (there jax would try the TPU backend for
+# every command); flan_jax.compile's TPU-slice tests load it with PYTHONPATH=.venv/libtpu.
+LIBTPU := $(VENV)/libtpu/.installed
+libtpu: $(LIBTPU)
+
+$(LIBTPU): requirements/tpu.txt | $(STAMP)
+	$(PIP) install -q --no-deps --target $(VENV)/libtpu -r requirements/tpu.txt
+	touch $@
+
+test: $(STAMP) $(LIBTPU)
 	$(PY) -m pytest -q tests
 
 # Regenerate constraints.txt from a working environment (run after changing requirements/*.txt).

@@ -11,12 +11,15 @@ the shipped logical-axis rules. TPU topologies compile through libtpu on this ma
 What is measured and what is estimated:
   * per-chip memory (arguments, temporaries, outputs, minus donated buffers) comes from XLA's
     memory analysis of the full compiled step: a compiler figure, not an estimate;
-  * FLOPs, HBM bytes and collective bytes come from XLA's cost analysis, which counts a scanned
-    layer once, so they are taken from small unscanned compiles (1 and 2 layers of each stack)
-    and extrapolated linearly to the real depth: estimates;
-  * model FLOPs (for MFU) are analytic: 6 × matmul parameters × tokens, plus attention scores;
-  * step time is a roofline from those counts and the chip's published peaks: an estimate, and a
-    lower bound (perfect overlap of compute, HBM and interconnect).
+  * collective and HBM bytes are read from the compiled step's HLO, every loop body (scanned
+    layers, microbatches, the windowed matmuls of collective matmuls) multiplied by its trip
+    count, since XLA's cost analysis counts a loop body once: estimates (`roofline.hlo_traffic`);
+  * FLOPs are analytic: model FLOPs (for MFU) = 6 × matmul parameters × tokens plus attention
+    products; FLOPs run add the forward pass that rematerialization repeats;
+  * step time is a roofline from those counts and the chip's published peaks. TPUs run
+    collectives asynchronously and XLA schedules FSDP all-gathers / reduce-scatters under the
+    layers' matmuls, so the headline takes the slowest of compute, HBM and interconnect
+    (perfect overlap, a lower bound on step time); the sum (no overlap) is printed beside it.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gin
@@ -117,47 +120,38 @@ def _progress(message: str) -> None:
   sys.stderr.flush()
 
 
-def _layer_fields(config: Any) -> list[str]:
-  if not dataclasses.is_dataclass(config):
-    return []
-  return [f.name for f in dataclasses.fields(config)
-          if "layers" in f.name and isinstance(getattr(config, f.name), int)
-          and not isinstance(getattr(config, f.name), bool)]
+# Share of a layer's forward pass that the backward pass recomputes, per remat policy: 'matmuls'
+# for the projections, 'attention' for the score and value products (dots with batch dimensions).
+_RECOMPUTED = {"none": (), "everything_saveable": (), "dots_saveable": (),
+               "dots_with_no_batch_dims_saveable": ("attention",),
+               "nothing_saveable": ("matmuls", "attention"), "full": ("matmuls", "attention")}
 
 
-def step_costs(compiled: Any) -> np.ndarray:
-  analysis = compiled.cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-  return np.array([float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0)),
-                   roofline.collective_bytes(compiled.as_text())])
+def _layers_only(tree: Any) -> dict[str, Any]:
+  """The subtrees under `layers` / `layers_<i>` (what remat wraps), keeping their parents' keys."""
+  out = {}
+  for key, value in (tree.items() if isinstance(tree, Mapping) else ()):
+    if str(key).startswith("layers"):
+      out[key] = value
+    elif sub := _layers_only(value):
+      out[key] = sub
+  return out
 
 
-def extrapolated_costs(setup: TrainSetup, mesh: jax.sharding.Mesh,
-                       rebuild: Callable[[Any], Any] | None = None) -> tuple[np.ndarray, int]:
-  """Per-device [FLOPs, HBM bytes, collective bytes] of one step, and the number of compiles.
+def executed_flops(model: Any, params: Any, task_feature_lengths: Mapping[str, int],
+                   batch_size: int) -> tuple[float, float]:
+  """(model FLOPs, FLOPs executed incl. rematerialization) of one step, analytic.
 
-  XLA counts a loop body once, so the step is compiled unscanned with 1 layer per stack, then
-  with 2 layers in one stack at a time; cost(L) = cost(1) + Σ (L_i - 1) · (cost(2_i) - cost(1)).
+  Model FLOPs are 6 × matmul parameters × tokens plus the attention products (what MFU counts);
+  a rematerialized layer runs its forward pass (a third of its training FLOPs) once more.
   """
-  config = getattr(setup.model, "config", None)
-  fields = _layer_fields(config)
-  if not fields:
-    compiled, _ = compile_step(setup, mesh)
-    return step_costs(compiled), 1
-  if rebuild is None:
-    from flan_jax import models  # pylint: disable=import-outside-toplevel
-    rebuild = lambda c: models.build_model_from_config(c, setup.model.vocabulary)
-  unscanned = {"scan_layers": False} if hasattr(config, "scan_layers") else {}
-  ones = {f: 1 for f in fields}
-  _progress(f"cost compiles: unscanned with 1 layer per stack, then 2 in each of {fields}")
-  base = step_costs(compile_step(setup, mesh, rebuild(dataclasses.replace(config, **unscanned, **ones)))[0])
-  total = base.copy()
-  for field in fields:
-    _progress(f"cost compile: 2 layers in {field}")
-    two = step_costs(compile_step(setup, mesh, rebuild(
-        dataclasses.replace(config, **unscanned, **{**ones, field: 2})))[0])
-    total += (getattr(config, field) - 1) * (two - base)
-  return total, 1 + len(fields)
+  config = getattr(model, "config", None)
+  matmuls = estimate_flops_per_example(params, task_feature_lengths)
+  layer_matmuls = estimate_flops_per_example(_layers_only(params), task_feature_lengths)
+  attention = attention_flops_per_example(config, task_feature_lengths)
+  recomputed = _RECOMPUTED.get(getattr(config, "remat_policy", "none"), ())
+  extra = (("matmuls" in recomputed) * layer_matmuls + ("attention" in recomputed) * attention) / 3
+  return batch_size * (matmuls + attention), batch_size * (matmuls + attention + extra)
 
 
 def attention_flops_per_example(config: Any, task_feature_lengths: Mapping[str, int]) -> float:
@@ -197,8 +191,7 @@ def _parse_mesh(text: str) -> dict[str, int]:
 
 
 def analyze(setup: TrainSetup, topology: str = "cpu", mesh_shape: Mapping[str, int] | None = None,
-            cpu_peak_flops: float = 950e9,
-            rebuild: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+            cpu_peak_flops: float = 950e9) -> dict[str, Any]:
   """Compiles the step for `topology` and returns the report (see the module docstring)."""
   if topology == "cpu":
     devices = jax.devices()
@@ -213,30 +206,30 @@ def analyze(setup: TrainSetup, topology: str = "cpu", mesh_shape: Mapping[str, i
   compiled, trainer = compile_step(setup, mesh)
   compile_s = time.time() - start
   memory = _memory(compiled)
-  own_count = step_costs(compiled)  # what XLA reports for the real step (scans counted once)
-  (xla_flops, hbm_moved, comm), num_compiles = extrapolated_costs(setup, mesh, rebuild)
+  traffic = roofline.hlo_traffic(compiled.as_text())
   config = getattr(setup.model, "config", None)
   tokens = setup.batch_size * sum(setup.task_feature_lengths.values())
-  model_flops = setup.batch_size * (
-      estimate_flops_per_example(trainer.abstract_params, setup.task_feature_lengths)
-      + attention_flops_per_example(config, setup.task_feature_lengths))
-  model_flops_per_chip = model_flops / len(devices)
-  # XLA's count can come out below the analytic one (it is per-device after partitioning and
-  # approximate); the roofline takes the larger so it never flatters the step time.
-  line = roofline.roofline(chip, max(xla_flops, model_flops_per_chip), hbm_moved, comm)
+  model_flops, flops = executed_flops(setup.model, trainer.abstract_params, setup.task_feature_lengths,
+                                      setup.batch_size)
+  model_flops_per_chip, flops_per_chip = model_flops / len(devices), flops / len(devices)
+  line = roofline.roofline(chip, flops_per_chip, traffic.hbm_bytes, traffic.collective_bytes)
+  mfu = lambda step_s: model_flops_per_chip / (step_s * chip.peak_flops) if step_s else 0.0
   return {
       "topology": topology, "libtpu_topology": name, "chip": chip.name, "num_chips": num_chips,
       "num_devices": len(devices), "mesh": dict(mesh.shape), "num_params": trainer.num_params,
       "batch_size": setup.batch_size, "task_feature_lengths": setup.task_feature_lengths,
-      "tokens_per_step": tokens, "compile_s": round(compile_s, 2), "cost_compiles": num_compiles,
+      "num_microbatches": setup.num_microbatches,
+      "remat_policy": getattr(config, "remat_policy", None), "scan_layers": getattr(config, "scan_layers", None),
+      "tokens_per_step": tokens, "compile_s": round(compile_s, 2),
       **memory, "hbm_bytes": int(chip.hbm_bytes), "fits": memory["per_chip_bytes"] <= chip.hbm_bytes,
-      "model_flops_per_chip": model_flops_per_chip, "xla_flops_per_chip": float(xla_flops),
-      "xla_flops_per_chip_as_reported": float(own_count[0]),
-      "hbm_bytes_moved_per_chip": float(hbm_moved), "collective_bytes_per_chip": float(comm),
+      "model_flops_per_chip": model_flops_per_chip, "executed_flops_per_chip": flops_per_chip,
+      "hbm_bytes_moved_per_chip": traffic.hbm_bytes, "collective_bytes_per_chip": traffic.collective_bytes,
+      "unknown_loop_trip_counts": traffic.unknown_trip_counts,
       "peak_flops_per_chip": chip.peak_flops, "estimated_compute_s": line.compute_s,
       "estimated_memory_s": line.memory_s, "estimated_comm_s": line.comm_s,
       "estimated_step_s": line.step_s, "estimated_bound": line.bound,
-      "estimated_mfu": model_flops_per_chip / (line.step_s * chip.peak_flops) if line.step_s else 0.0,
+      "estimated_mfu": mfu(line.step_s),
+      "estimated_step_s_no_overlap": line.serial_s, "estimated_mfu_no_overlap": mfu(line.serial_s),
       "estimated_tokens_per_s": tokens / line.step_s if line.step_s else 0.0,
   }
 
@@ -257,14 +250,16 @@ def format_table(report: Mapping[str, Any]) -> str:
       ("memory / chip: total", f"{gib(report['per_chip_bytes'])} of {gib(report['hbm_bytes'])} "
                                f"→ {'FITS' if report['fits'] else 'DOES NOT FIT'}"),
       ("model FLOPs / chip (analytic)", f"{report['model_flops_per_chip']:.3e}"),
-      ("XLA FLOPs / chip incl. remat (est.)", f"{report['xla_flops_per_chip']:.3e}"),
-      ("HBM bytes moved / chip (est.)", gib(report["hbm_bytes_moved_per_chip"])),
-      ("collective bytes / chip (est.)", gib(report["collective_bytes_per_chip"])),
+      ("FLOPs run / chip incl. remat (analytic)", f"{report['executed_flops_per_chip']:.3e}"),
+      ("HBM bytes moved / chip (est., HLO)", gib(report["hbm_bytes_moved_per_chip"])),
+      ("collective bytes / chip (est., HLO)", gib(report["collective_bytes_per_chip"])),
       ("roofline compute / HBM / ICI (est.)", f"{report['estimated_compute_s']:.3f} / "
        f"{report['estimated_memory_s']:.3f} / {report['estimated_comm_s']:.3f} s"),
-      ("step time (est., lower bound)", f"{report['estimated_step_s']:.3f} s, {report['estimated_bound']}-bound"),
+      ("step time (est., overlapped)", f"{report['estimated_step_s']:.3f} s, {report['estimated_bound']}-bound"),
+      ("step time (est., no overlap)", f"{report['estimated_step_s_no_overlap']:.3f} s"),
       ("tokens/s (est.)", f"{report['estimated_tokens_per_s']:,.0f}"),
-      ("MFU (est.)", f"{100 * report['estimated_mfu']:.1f}%"),
+      ("MFU (est., overlapped / none)", f"{100 * report['estimated_mfu']:.1f}% / "
+                                        f"{100 * report['estimated_mfu_no_overlap']:.1f}%"),
   ]
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

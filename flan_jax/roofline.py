@@ -100,11 +100,13 @@ def tpu_devices(topology: Topology) -> list:
   """Compile-only TPU devices of the slice (needs libtpu: `pip install -e .[tpu]`)."""
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.accelerator_type)
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # keeps libtpu from probing GCE
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: no chip to lock
   try:
     import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   except ImportError as e:
     raise RuntimeError(f"compiling for {topology.accelerator_type} needs libtpu, which is not "
-                       f"installed; run `pip install -e .[tpu]` (or use --topology=cpu)") from e
+                       f"installed; run `pip install -e .[tpu]`, or `make libtpu` and set "
+                       f"PYTHONPATH=.venv/libtpu (or use --topology=cpu)") from e
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   options = {"chip_config_name": "megacore"} if topology.megacore else {}
   desc = topologies.get_topology_desc(platform="tpu", topology_name=topology.libtpu_name, **options)
@@ -129,6 +131,11 @@ class Roofline:
     return max(self.compute_s, self.memory_s, self.comm_s)
 
   @property
+  def serial_s(self) -> float:
+    """No overlap at all: the pessimistic bound."""
+    return self.compute_s + self.memory_s + self.comm_s
+
+  @property
   def bound(self) -> str:
     return max((self.compute_s, "compute"), (self.memory_s, "HBM bandwidth"),
                (self.comm_s, "interconnect"))[1]
@@ -140,26 +147,173 @@ def roofline(chip: ChipSpec, flops: float, hbm_bytes_moved: float, comm_bytes: f
                   comm_bytes / chip.ici_bandwidth)
 
 
-_COLLECTIVE = re.compile(
-    r"=\s*(\(.*?\)|\S+)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
-    r"(?:-start)?\(")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
+# `%name = SHAPE opcode(operands), attributes`; tuple shapes hold parentheses (`T(8,128)`), so the
+# shape ends at the first `) opcode(`.
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([a-z][\w\-]*)\(([^)]*)\)(.*)$")
 _SHAPE = re.compile(r"\b(pred|s8|u8|s16|u16|f16|bf16|s32|u32|f32|s64|u64|f64)\[([\d,]*)\]")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
           "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+_COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+# Ops that move no data through HBM by themselves (their callees are counted instead).
+_NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while", "call",
+               "conditional", "after-all", "partition-id", "replica-id", "opt-barrier",
+               "all-gather-done", "all-reduce-done", "collective-permute-done", "copy-done",
+               "async-done", "async-update"}
+
+
+def _shape_sizes(shape: str) -> list[int]:
+  return [_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d) for t, dims in _SHAPE.findall(shape)]
+
+
+@dataclasses.dataclass(frozen=True)
+class HloTraffic:
+  """Per-device bytes of one execution of a compiled HLO module, loops unrolled by trip count."""
+  collective_bytes: float    # interconnect: all-gather result, reduce-scatter input, 2× all-reduce, ...
+  hbm_bytes: float           # operands + results of every top-level instruction (fusions as XLA counts them)
+  unknown_trip_counts: int   # while loops whose trip count could not be read (counted once)
+
+
+@dataclasses.dataclass
+class _Instruction:
+  name: str
+  shape: str
+  opcode: str
+  operands: list[str]
+  attributes: str
+  callees: list[str]
+
+
+def _parse(hlo_text: str) -> tuple[str | None, dict[str, list[_Instruction]], dict[str, int], dict[str, list[int]]]:
+  """(entry name, computation → instructions, instruction → result bytes, computation → int constants)."""
+  bodies: dict[str, list[_Instruction]] = {}
+  sizes: dict[str, int] = {}
+  constants: dict[str, list[int]] = {}
+  entry = current = None
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header and not line.startswith(" "):
+      current = header.group(1)
+      bodies[current], constants[current] = [], []
+      entry = current if line.startswith("ENTRY") else entry
+      continue
+    match = _INSTRUCTION.match(line) if current else None
+    if not match:
+      continue
+    name, shape, opcode, operands, attributes = match.groups()
+    sizes[name] = sum(_shape_sizes(shape))
+    if opcode == "parameter":
+      attributes = operands.strip()  # the parameter's index
+    if opcode == "constant" and re.fullmatch(r"[su]\d+\[\]", shape.split("{")[0]):
+      constants[current].append(int(re.match(r"\s*(-?\d+)", operands).group(1)))
+    callees = re.findall(r"(?:calls|to_apply|body|condition|branch_computations)=\{?%([\w.\-]+)", attributes)
+    bodies[current].append(_Instruction(name, shape, opcode, re.findall(r"%([\w.\-]+)", operands),
+                                        attributes, callees))
+  return entry, bodies, sizes, constants
+
+
+def _loop_invariants(body: list[_Instruction]) -> set[str]:
+  """Names of the body's get-tuple-elements that the loop passes on unchanged (weights, inputs)."""
+  param = next((i.name for i in body if i.opcode == "parameter"), None)
+  root = body[-1] if body else None
+  if param is None or root is None or root.opcode != "tuple":
+    return set()
+  invariant = set()
+  for ins in body:
+    index = re.search(r"index=(\d+)", ins.attributes) if ins.opcode == "get-tuple-element" else None
+    if index and ins.operands == [param]:
+      i = int(index.group(1))
+      if i < len(root.operands) and root.operands[i] == ins.name:
+        invariant.add(ins.name)
+  return invariant
+
+
+def _fusion_bytes(fusion: _Instruction, bodies: dict[str, list[_Instruction]],
+                  sizes: dict[str, int]) -> tuple[int, list[int]]:
+  """(result bytes written, bytes read per operand) of one fusion, as XLA's cost analysis counts
+  them: an operand read only through slices counts the slices; a buffer updated in place by a
+  dynamic-update-slice is neither read nor written whole, only the update is written."""
+  fused = bodies.get(fusion.callees[0], []) if fusion.callees else []
+  result = sizes[fusion.name]
+  reads = [sizes.get(o, 0) for o in fusion.operands]
+  index_of = {ins.name: int(ins.attributes) for ins in fused if ins.opcode == "parameter"}
+  for ins in fused:
+    if ins.opcode == "dynamic-update-slice" and ins.operands and ins.operands[0] in index_of:
+      reads[index_of[ins.operands[0]]] = 0
+      result += sizes.get(ins.operands[1], 0) - sizes[ins.name]
+  for name, index in index_of.items():
+    users = [u for u in fused if name in u.operands]
+    if users and all(u.opcode in ("dynamic-slice", "slice") for u in users):
+      reads[index] = sum(sizes[u.name] for u in users)
+  return max(result, 0), reads
+
+
+def hlo_traffic(hlo_text: str) -> HloTraffic:
+  """Walks a compiled (per-device) HLO module from ENTRY, multiplying loop bodies by their trip count.
+
+  XLA's own cost analysis counts a while body once, which undercounts scanned layers, the
+  microbatch loop and the windowed (collective-matmul) loops the TPU compiler emits. Trip counts
+  are read from the loop condition (`counter < constant`). Fusion bodies are not entered: a
+  fusion's HBM traffic is its operands and result, except that a buffer the loop passes on
+  unchanged (stacked layer weights, the activations a windowed matmul slices) counts once per
+  loop, not once per iteration, since each iteration reads only its slice of it. An estimate:
+  layouts, VMEM residency and copies the scheduler adds are not modelled.
+  """
+  entry, bodies, sizes, constants = _parse(hlo_text)
+  unknown = [0]
+
+  def trip_count(condition: str) -> int:
+    found = constants.get(condition, []) + [c for ins in bodies.get(condition, []) for callee in ins.callees
+                                            for c in constants.get(callee, [])]
+    if not found:
+      unknown[0] += 1
+      return 1
+    return max(found)
+
+  memo: dict[str, tuple[float, float, float]] = {}
+
+  def walk(computation: str) -> tuple[float, float, float]:
+    """(collective bytes, HBM bytes per execution, HBM bytes of loop-invariant reads)."""
+    if computation in memo:
+      return memo[computation]
+    memo[computation] = (0.0, 0.0, 0.0)  # guards against cycles
+    body = bodies.get(computation, [])
+    invariant = _loop_invariants(body)
+    comm = hbm = once = 0.0
+    for ins in body:
+      base = ins.opcode.removesuffix("-start")
+      if base in _COLLECTIVES:
+        arrays = [s for s in _shape_sizes(ins.shape) if s > 4 or not ins.opcode.endswith("-start")]
+        if ins.opcode.endswith("-start") and base != "all-reduce" and len(arrays) > 1:
+          arrays = arrays[len(arrays) // 2:]  # (operands, results, context): keep the results
+        moved = sum(arrays)
+        if base == "reduce-scatter":
+          moved = sum(sizes.get(o, 0) for o in ins.operands)  # every device sends ~ its whole input
+        comm += moved * (2 if base == "all-reduce" else 1)
+      if ins.opcode == "while":
+        inner = walk(re.search(r"body=%([\w.\-]+)", ins.attributes).group(1))
+        n = trip_count(re.search(r"condition=%([\w.\-]+)", ins.attributes).group(1))
+        comm, hbm = comm + n * inner[0], hbm + n * inner[1] + inner[2]
+      elif ins.opcode in ("call", "conditional", "async-start"):
+        for callee in ins.callees:
+          inner = walk(callee)
+          comm, hbm = comm + inner[0], hbm + inner[1] + inner[2]
+      elif ins.opcode not in _NO_TRAFFIC:
+        result, reads = _fusion_bytes(ins, bodies, sizes) if ins.opcode == "fusion" else (
+            sizes[ins.name], [sizes.get(o, 0) for o in ins.operands])
+        hbm += result
+        for operand, read in zip(ins.operands, reads):
+          if operand in invariant:
+            once += read
+          else:
+            hbm += read
+    memo[computation] = (comm, hbm, once)
+    return memo[computation]
+
+  comm, hbm, once = walk(entry) if entry else (0.0, 0.0, 0.0)
+  return HloTraffic(comm, hbm + once, unknown[0])
 
 
 def collective_bytes(hlo_text: str) -> float:
-  """Bytes produced by the cross-device collectives of a compiled (per-device) HLO module.
-
-  A rough proxy for interconnect traffic: all-reduce counts twice (reduce-scatter + all-gather);
-  loops are not unrolled here (the caller extrapolates over layers).
-  """
-  total = 0.0
-  for line in hlo_text.splitlines():
-    match = _COLLECTIVE.search(line)
-    if not match:
-      continue
-    size = sum(_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d)
-               for t, dims in _SHAPE.findall(match.group(1)))
-    total += size * (2 if match.group(2) == "all-reduce" else 1)
-  return total
+  """Per-device interconnect bytes of one execution of a compiled HLO module (see `hlo_traffic`)."""
+  return hlo_traffic(hlo_text).collective_bytes
