@@ -14,17 +14,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+import os
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 SPEC_FILE = "model_spec.json"
 CHECKPOINTS_DIR = "checkpoints"
 VOCAB_FILE = "vocab/spiece.model"
 FAMILIES = ("t5", "decoder")
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """A local path made absolute, or a cloud URL (`gs://...`) kept intact.
+
+  `pathlib.Path("gs://b/run")` collapses the scheme to `gs:/b/run`, so every MODEL_DIR goes
+  through here: training on a TPU VM writes straight to a bucket.
+  """
+  text = os.fspath(path)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,18 +54,18 @@ class ModelSpec:
 def write_spec(model_dir: str | Path, family: str, config: Any, vocab_path: str | Path,
                extra_ids: int = 100) -> ModelSpec:
   """Writes model_spec.json and copies the vocabulary into MODEL_DIR/vocab/."""
-  model_dir = Path(model_dir)
+  model_dir = as_path(model_dir)
   config_dict = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
   spec = ModelSpec(family=family, config=_jsonable(config_dict), extra_ids=extra_ids)
   (model_dir / VOCAB_FILE).parent.mkdir(parents=True, exist_ok=True)
-  if Path(vocab_path).resolve() != (model_dir / VOCAB_FILE).resolve():
-    shutil.copyfile(vocab_path, model_dir / VOCAB_FILE)
+  if as_path(vocab_path) != model_dir / VOCAB_FILE:
+    (model_dir / VOCAB_FILE).write_bytes(as_path(vocab_path).read_bytes())
   (model_dir / SPEC_FILE).write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
   return spec
 
 
 def read_spec(model_dir: str | Path) -> ModelSpec:
-  path = Path(model_dir) / SPEC_FILE
+  path = as_path(model_dir) / SPEC_FILE
   if not path.exists():
     raise FileNotFoundError(
         f"{path} not found: '{model_dir}' is not a flan_jax model directory. Train into it with "
@@ -62,14 +73,14 @@ def read_spec(model_dir: str | Path) -> ModelSpec:
   return ModelSpec(**json.loads(path.read_text()))
 
 
-def vocab_path(model_dir: str | Path) -> Path:
-  return Path(model_dir) / read_spec(model_dir).vocabulary
+def vocab_path(model_dir: str | Path) -> epath.Path:
+  return as_path(model_dir) / read_spec(model_dir).vocabulary
 
 
 def checkpoint_manager(model_dir: str | Path, **options: Any) -> ocp.CheckpointManager:
   """The Orbax manager over MODEL_DIR/checkpoints (options go to CheckpointManagerOptions)."""
   return ocp.CheckpointManager(
-      Path(model_dir).absolute() / CHECKPOINTS_DIR, options=ocp.CheckpointManagerOptions(**options))
+      as_path(model_dir) / CHECKPOINTS_DIR, options=ocp.CheckpointManagerOptions(**options))
 
 
 def latest_step(model_dir: str | Path) -> int | None:
@@ -93,7 +104,7 @@ def restore_params(model_dir: str | Path, step: int | None = None, target: Any =
   with checkpoint_manager(model_dir, read_only=True) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"no checkpoint under {Path(model_dir) / CHECKPOINTS_DIR}")
+      raise FileNotFoundError(f"no checkpoint under {as_path(model_dir) / CHECKPOINTS_DIR}")
     if target is not None:
       target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     restored = manager.restore(

@@ -26,6 +26,7 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -187,10 +188,10 @@ def describe(boxed_tree: Any, shardings: Any) -> list[dict[str, Any]]:
   return records
 
 
-def write_dump(model_dir: str | Path, boxed_tree: Any, shardings: Any, mesh: Mesh) -> Path:
+def write_dump(model_dir: str | Path, boxed_tree: Any, shardings: Any, mesh: Mesh) -> epath.Path:
   """Writes MODEL_DIR/partitioning.json and a readable partitioning.txt; returns the JSON path."""
   records = describe(boxed_tree, shardings)
-  model_dir = Path(model_dir)
+  model_dir = epath.Path(model_dir)
   model_dir.mkdir(parents=True, exist_ok=True)
   mesh_shape = dict(mesh.shape)
   total = sum(math.prod(r["shape"]) for r in records)

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import gin
@@ -240,7 +239,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   mesh = partitioning.create_mesh()
   trainer = Trainer(model, optimizer, mesh, shapes, types, num_microbatches=num_microbatches,
                     loss_normalization=loss_normalization, seed=seed)
-  model_dir = Path(model_dir)
+  model_dir = model_dir_lib.as_path(model_dir)
   if jax.process_index() == 0:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.gin").write_text(gin.config_str())

@@ -68,3 +68,10 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     ckpt.restore(_trainer((8, 1, 1)).abstract_state)
   ckpt.close()
+
+
+def test_model_dir_paths_keep_cloud_urls_and_absolutize_local_ones(tmp_path, monkeypatch):
+  """`pathlib.Path('gs://b/run')` would become 'gs:/b/run': MODEL_DIR must stay a URL on TPU VMs."""
+  assert str(model_dir.as_path("gs://bucket/run") / "checkpoints") == "gs://bucket/run/checkpoints"
+  monkeypatch.chdir(tmp_path)
+  assert str(model_dir.as_path("runs/x")) == str(tmp_path / "runs" / "x")
