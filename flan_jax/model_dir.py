@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,22 @@ def checkpoint_manager(model_dir: str | Path, **options: Any) -> ocp.CheckpointM
       as_path(model_dir) / CHECKPOINTS_DIR, options=ocp.CheckpointManagerOptions(**options))
 
 
+# Spelled out in full: Orbax warns for each read-only option it has to fill in itself.
+_READ_ONLY = {"read_only": True, "save_interval_steps": 0, "create": False}
+
+
+class _DropReadOnlyNotice(logging.Filter):
+  """Orbax warns 'Given directory is read only' on every read-only open, i.e. on every model load."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_DropReadOnlyNotice())
+
+
 def latest_step(model_dir: str | Path) -> int | None:
-  with checkpoint_manager(model_dir, read_only=True) as manager:
+  with checkpoint_manager(model_dir, **_READ_ONLY) as manager:
     return manager.latest_step()
 
 
@@ -101,7 +116,7 @@ def restore_params(model_dir: str | Path, step: int | None = None, target: Any =
   `target` is a pytree of `jax.ShapeDtypeStruct` (with shardings) or arrays; without it the
   arrays come back as saved, on the default device.
   """
-  with checkpoint_manager(model_dir, read_only=True) as manager:
+  with checkpoint_manager(model_dir, **_READ_ONLY) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {as_path(model_dir) / CHECKPOINTS_DIR}")
