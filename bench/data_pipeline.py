@@ -5,10 +5,14 @@ plain SeqIO tokenization of the same TSV rows (no templates, no packing).
 
 Both sides read the seven CoT TSVs present in ../shared/data/flan_cot with the T5 vocabulary, in one
 process, one after the other (the second pass of each is timed, so file reads and SentencePiece
-loading are warm). "flan" = `cot_main` restricted to the available datasets (zs_cot : fs_cot = 1:1,
-capped rates), mixed, then packed by the encoder-decoder converter; "plain" = question → inputs,
-rationale + answer → targets, tokenized, unpacked. Throughput is input examples per second. The last
-line is a JSON object with the ratios.
+loading are warm). "flan" = the CoT datasets' zs_cot and fs_cot tasks (1:1, capped rates) rendered,
+tokenized, mixed, then packed by the encoder-decoder converter, twice: tokenized by
+`seqio.preprocessors.tokenize` after the formatter (`flan_seqio_tok`), and by the formatter itself
+(`make_preprocessor(tokenize=True)`, `flan_python_tok`; same ids). "plain" = question → inputs,
+rationale + answer → targets, tokenized, unpacked. Throughput is input examples per second over
+`--examples` examples from `get_dataset` on, so it includes each task's pipeline start-up (14
+tasks here); `first_batch_s` is the time to the first packed batch (packing reads ahead, so it
+already covers a good part of the examples). The last line is a JSON object with the ratios.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import seqio  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-pos
 import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 from flan_jax.data import feature_conversion  # noqa: E402  pylint: disable=g-import-not-at-top
+from flan_jax.data import formatting  # noqa: E402  pylint: disable=g-import-not-at-top
 from flan_jax.data import mixing  # noqa: E402  pylint: disable=g-import-not-at-top
 from flan_jax.data import sources  # noqa: E402  pylint: disable=g-import-not-at-top
 from flan_jax.data import user_tasks  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -44,24 +49,44 @@ def available_cot_tasks() -> list[str]:
   return present
 
 
-def flan_pipeline(names: list[str], n: int) -> int:
-  """Renders, tokenizes, mixes and packs `n` examples; returns the number of packed rows."""
+def register_mixture(names: list[str], python_tokenize: bool) -> str:
+  """A mixture of the zs_cot/fs_cot tasks of `names` (as `flan_jax.tasks.cot`), tokenized one way."""
+  variant = "python_tok" if python_tokenize else "seqio_tok"
+  features = user_tasks.t5_output_features()
   entries = []
   for name in names:
-    entry = user_tasks.CATALOG["cot"][f"cot_{name}"]
-    for task in entry.variants.values():
-      entries.append((task, mixing.capped_rate(entry.num_examples, mixing.CAPS["cot"])))
-  mixing.register_mixture("bench_cot_available", entries)
-  dataset = seqio.get_mixture_or_task("bench_cot_available").get_dataset(
+    file_name, count, _ = cot.DATASETS[name]
+    source = sources.cot_tsv_source(cot.tsv_path(file_name), num_examples=count)
+    exemplars = user_tasks.exemplars_from_source(source)
+    for template_type in cot.COT_TYPES:
+      task_name = f"bench_{variant}_{name}_{template_type}"
+      if task_name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(task_name)
+      seqio.TaskRegistry.add(task_name, source=source, output_features=features, preprocessors=[
+          formatting.make_preprocessor(cot.COT_FAMILY, template_type,
+                                       task_name=f"cot_{name}_{template_type}",
+                                       task_source=cot.COLLECTION, exemplars=exemplars,
+                                       tokenize=python_tokenize),
+          *(() if python_tokenize else (seqio.preprocessors.tokenize,)),
+          seqio.preprocessors.append_eos_after_trim])
+      entries.append((task_name, mixing.capped_rate(count, mixing.CAPS["cot"])))
+  return mixing.register_mixture(f"bench_cot_{variant}", entries)
+
+
+def flan_pipeline(mixture: str, n: int) -> tuple[int, float]:
+  """Renders, tokenizes, mixes and packs `n` examples; (packed rows, seconds to the first batch)."""
+  start = time.perf_counter()
+  dataset = seqio.get_mixture_or_task(mixture).get_dataset(
       LENGTHS, split="train", shuffle=False, seed=0).take(n)
-  rows = 0
+  rows, first = 0, None
   for batch in feature_conversion.packed_batches(dataset, "encdec",
                                                  batch_size=BATCH).as_numpy_iterator():
+    first = first or time.perf_counter() - start
     rows += len(batch["encoder_input_tokens"])
-  return rows
+  return rows, first
 
 
-def plain_pipeline(names: list[str], n: int) -> int:
+def plain_pipeline(names: list[str], n: int) -> tuple[int, float]:
   """Tokenizes `n` raw rows (question → inputs, rationale + answer → targets) without templates."""
   vocabulary = user_tasks.t5_output_features()["inputs"].vocabulary
   datasets = []
@@ -73,14 +98,19 @@ def plain_pipeline(names: list[str], n: int) -> int:
   dataset = tf.data.Dataset.sample_from_datasets(datasets, seed=0).take(n)
   dataset = seqio.preprocessors.tokenize(
       dataset, {"inputs": seqio.Feature(vocabulary), "targets": seqio.Feature(vocabulary)})
-  return sum(1 for _ in dataset.as_numpy_iterator())
+  start, rows, first = time.perf_counter(), 0, None
+  for _ in dataset.as_numpy_iterator():
+    first = first or time.perf_counter() - start
+    rows += 1
+  return rows, first
 
 
-def measure(fn, names, n):
-  fn(names, min(n, 200))  # warm: files, vocabulary, tf.data functions
+def measure(fn, arg, n: int) -> dict[str, float]:
+  fn(arg, min(n, 200))  # warm: files, vocabulary, tf.data functions
   start = time.perf_counter()
-  result = fn(names, n)
-  return time.perf_counter() - start, result
+  rows, first = fn(arg, n)
+  seconds = time.perf_counter() - start
+  return {"examples_per_s": round(n / seconds, 1), "first_batch_s": round(first, 2), "rows": rows}
 
 
 def main() -> None:
@@ -88,17 +118,23 @@ def main() -> None:
   parser.add_argument("--examples", type=int, default=2000)
   args = parser.parse_args()
   names = available_cot_tasks()
-  flan_s, packed_rows = measure(flan_pipeline, names, args.examples)
-  plain_s, plain_rows = measure(plain_pipeline, names, args.examples)
-  flan_rate, plain_rate = args.examples / flan_s, plain_rows / plain_s
-  print(f"datasets: {', '.join(names)}; {args.examples} examples")
-  print(f"flan (render + tokenize + mix + pack 2048/512): {flan_rate:.0f} examples/s, "
-        f"{packed_rows} packed rows ({args.examples / max(packed_rows, 1):.1f} examples/row)")
-  print(f"plain seqio tokenization: {plain_rate:.0f} examples/s")
-  print(json.dumps({"flan_examples_per_s": round(flan_rate, 1),
-                    "plain_examples_per_s": round(plain_rate, 1),
-                    "flan_over_plain": round(flan_rate / plain_rate, 3),
-                    "examples_per_packed_row": round(args.examples / max(packed_rows, 1), 2)}))
+  n = args.examples
+  results = {"flan_seqio_tok": measure(flan_pipeline, register_mixture(names, False), n),
+             "flan_python_tok": measure(flan_pipeline, register_mixture(names, True), n),
+             "plain": measure(plain_pipeline, names, n)}
+  print(f"datasets: {', '.join(names)}; {n} examples; load average {os.getloadavg()[0]:.1f}")
+  for label, r in results.items():
+    print(f"{label:>16}: {r['examples_per_s']:7.1f} examples/s  (first batch after "
+          f"{r['first_batch_s']:.1f} s; {r['rows']} rows)")
+  plain = results["plain"]["examples_per_s"]
+  print(json.dumps({**{f"{k}_examples_per_s": r["examples_per_s"] for k, r in results.items()},
+                    **{f"{k}_first_batch_s": r["first_batch_s"] for k, r in results.items()},
+                    "flan_over_plain": round(
+                        results["flan_python_tok"]["examples_per_s"] / plain, 3),
+                    "flan_seqio_tok_over_plain": round(
+                        results["flan_seqio_tok"]["examples_per_s"] / plain, 3),
+                    "examples_per_packed_row": round(n / max(results["flan_python_tok"]["rows"], 1),
+                                                     2)}))
 
 
 if __name__ == "__main__":
