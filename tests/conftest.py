@@ -11,6 +11,10 @@ os.environ["XLA_FLAGS"] = (
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 os.environ.setdefault("FLAN_JAX_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache"))
+# One XLA compilation cache for the test process and the entry points it runs in subprocesses:
+# the README commands compile the same tiny steps again and again.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.environ["FLAN_JAX_CACHE_DIR"], "jax_compilation"))
 
 from pathlib import Path  # noqa: E402
 
