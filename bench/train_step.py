@@ -1,18 +1,22 @@
 r"""Train-step speed of a Flan-T5-small-shaped model on this CPU: flan_jax vs Hugging Face PyTorch.
 
-  .venv/bin/python bench/train_step.py [--steps=5] [--batch=8] [--inputs=512] [--targets=128]
+  .venv/bin/python bench/train_step.py [--steps=2] [--batch=8] [--inputs=512] [--targets=128]
 
 Same shapes on both sides (T5 v1.1 small: 8+8 layers, d_model 512, d_ff 1,024, 6 heads, vocab
 32,128, untied logits), Adafactor, dropout 0.05, random tokens, no padding. flan_jax runs the
-real `trainer.Trainer` step (bf16 activations, f32 params); PyTorch runs
+real `trainer.Trainer` step (bf16 activations, f32 params, donated state); PyTorch runs
 `T5ForConditionalGeneration` under bf16 autocast. Each side runs in its own process.
-MFU = analytic model FLOPs per second / the bf16 matmul peak measured here in JAX.
-The last line is JSON: tokens/s of both, vs_torch, mfu, time to first step, peak memory.
+MFU = analytic model FLOPs per second / the bf16 × bf16 → f32 matmul peak measured in the same
+JAX process just before the step (so a busy machine lowers both alike).
+The last line is JSON: tokens/s of both, `vs_torch`, `mfu`, `compile_s` (XLA compile of the step),
+`first_step_s` (time to first step, compile included), `peak_mem_bytes` (peak RSS of the flan_jax
+process), `xla_step_bytes` (arguments + temporaries of the compiled step) and the load average.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 
 import common
 
@@ -22,7 +26,8 @@ DROPOUT = 0.05
 def _args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--only", choices=["jax", "torch"], help="run one side (used internally)")
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=2,
+                      help="steps per timed repetition (the median of 3 is reported)")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--inputs", type=int, default=512)
   parser.add_argument("--targets", type=int, default=128)
@@ -61,14 +66,17 @@ def run_jax(args) -> dict:
   state = trainer.init_state()
   global_batch = trainer.global_batch(batch)
   start = time.perf_counter()
-  state, metrics = trainer.train_step(state, global_batch)
+  step = trainer.train_step.lower(state, global_batch).compile()
+  compile_s = time.perf_counter() - start
+  state, metrics = step(state, global_batch)
   jax.block_until_ready(metrics)
   first_step_s = time.perf_counter() - start
+  memory = step.memory_analysis()
 
   def steps():
     nonlocal state, metrics
     for _ in range(args.steps):
-      state, metrics = trainer.train_step(state, global_batch)
+      state, metrics = step(state, global_batch)
     jax.block_until_ready(metrics)
 
   step_s = common.median(common.timed(steps, 3)) / args.steps
@@ -77,9 +85,10 @@ def run_jax(args) -> dict:
                         + compile_lib.attention_flops_per_example(config, lengths))
   tokens = args.batch * (args.inputs + args.targets)
   return {"step_s": step_s, "tokens_per_s": tokens / step_s, "first_step_s": first_step_s,
-          "flops_per_step": flops, "bf16_peak_flops": peak, "mfu": flops / step_s / peak,
-          "loss": float(metrics["loss"]), "num_params": trainer.num_params,
-          "peak_rss_gib": common.peak_rss_bytes() / 2 ** 30}
+          "compile_s": compile_s, "flops_per_step": flops, "bf16_peak_flops": peak,
+          "mfu": flops / step_s / peak, "loss": float(metrics["loss"]),
+          "num_params": trainer.num_params, "peak_rss_bytes": common.peak_rss_bytes(),
+          "xla_step_bytes": int(memory.argument_size_in_bytes + memory.temp_size_in_bytes)}
 
 
 def run_torch(args) -> dict:
@@ -113,7 +122,7 @@ def run_torch(args) -> dict:
   tokens = args.batch * (args.inputs + args.targets)
   return {"step_s": step_s, "tokens_per_s": tokens / step_s, "first_step_s": first_step_s,
           "num_params": sum(p.numel() for p in model.parameters()),
-          "threads": torch.get_num_threads(), "peak_rss_gib": common.peak_rss_bytes() / 2 ** 30}
+          "threads": torch.get_num_threads(), "peak_rss_bytes": common.peak_rss_bytes()}
 
 
 def main() -> None:
@@ -123,6 +132,7 @@ def main() -> None:
     return
   extra = [f"--steps={args.steps}", f"--batch={args.batch}", f"--inputs={args.inputs}",
            f"--targets={args.targets}"]
+  load_before = os.getloadavg()[0]
   results = common.run_workers(__file__, ["jax", "torch"], extra)
   jax_r, torch_r = results["jax"], results["torch"]
   common.emit({
@@ -130,12 +140,16 @@ def main() -> None:
       "jax_tokens_per_s": round(jax_r["tokens_per_s"], 1),
       "torch_tokens_per_s": round(torch_r["tokens_per_s"], 1),
       "vs_torch": round(jax_r["tokens_per_s"] / torch_r["tokens_per_s"], 3),
-      "mfu": round(jax_r["mfu"], 4), "bf16_peak_gflops": round(jax_r["bf16_peak_flops"] / 1e9, 1),
-      "jax_first_step_s": round(jax_r["first_step_s"], 2),
+      "mfu": round(jax_r["mfu"], 4),
+      "torch_mfu": round(jax_r["flops_per_step"] / torch_r["step_s"] / jax_r["bf16_peak_flops"], 4),
+      "bf16_peak_gflops": round(jax_r["bf16_peak_flops"] / 1e9, 1),
+      "jax_step_s": round(jax_r["step_s"], 3), "torch_step_s": round(torch_r["step_s"], 3),
+      "compile_s": round(jax_r["compile_s"], 2), "first_step_s": round(jax_r["first_step_s"], 2),
       "torch_first_step_s": round(torch_r["first_step_s"], 2),
-      "jax_peak_rss_gib": round(jax_r["peak_rss_gib"], 2),
-      "torch_peak_rss_gib": round(torch_r["peak_rss_gib"], 2),
+      "peak_mem_bytes": jax_r["peak_rss_bytes"], "torch_peak_mem_bytes": torch_r["peak_rss_bytes"],
+      "xla_step_bytes": jax_r["xla_step_bytes"],
       "params_match": math.isclose(jax_r["num_params"], torch_r["num_params"], rel_tol=0.01),
+      "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
   })
 
 
