@@ -7,11 +7,14 @@ tokens per sequence (pad and EOS get zero output columns on both sides, so neith
 flan_jax runs `predict_batch` (jitted, KV cache, bf16 activations); Hugging Face runs
 `generate(num_beams=1, do_sample=False)` with its cache, in float32 and under bf16 autocast, and
 the faster of the two is the reference. Each side runs in its own process.
-The last line is JSON: tokens/s of both, vs_torch, time to first decode (compile), peak memory.
+The last line is JSON: tokens/s of both, `vs_hf` (flan_jax / HF tokens/s), time to first decode
+(flan_jax: compile + run), peak memory, and the 1-minute load average before each side ran (the
+machine may be shared: compare ratios only from runs at similar load).
 """
 from __future__ import annotations
 
 import argparse
+import os
 
 import common
 
@@ -57,12 +60,13 @@ def run_jax(args) -> dict:
   def decode():
     return np.asarray(model.predict_batch(params, batch, max_decode_length=args.decode_length))
 
+  load = os.getloadavg()[0]
   start = time.perf_counter()
   first = decode()
   first_s = time.perf_counter() - start
   seconds = common.median(common.timed(decode, args.repeats))
   generated = int((first != 0).sum())
-  return {"seconds": seconds, "tokens_per_s": args.batch * args.decode_length / seconds,
+  return {"seconds": seconds, "load_avg": load, "tokens_per_s": args.batch * args.decode_length / seconds,
           "first_decode_s": first_s, "generated_tokens": generated,
           "peak_rss_gib": common.peak_rss_bytes() / 2 ** 30}
 
@@ -73,6 +77,7 @@ def run_torch(args) -> dict:
 
   import torch  # pylint: disable=import-outside-toplevel
 
+  load = os.getloadavg()[0]
   torch.manual_seed(0)
   model = common.hf_t5_v1_1_small().eval()
   with torch.no_grad():
@@ -92,6 +97,7 @@ def run_torch(args) -> dict:
                      "first_decode_s": first_s, "generated_tokens": int((out[:, 1:] != 0).sum())}
   best = max(results, key=lambda k: results[k]["tokens_per_s"])
   return {**results[best], "best": best, "by_dtype": results, "threads": torch.get_num_threads(),
+          "load_avg": load,
           "peak_rss_gib": common.peak_rss_bytes() / 2 ** 30}
 
 
@@ -107,11 +113,13 @@ def main() -> None:
   common.emit({
       "benchmark": "greedy_decode", "shape": f"{args.batch}x{args.inputs} -> {args.decode_length}",
       "jax_tokens_per_s": round(jax_r["tokens_per_s"], 1),
-      "torch_tokens_per_s": round(torch_r["tokens_per_s"], 1), "torch_dtype": torch_r["best"],
-      "vs_torch": round(jax_r["tokens_per_s"] / torch_r["tokens_per_s"], 3),
+      "hf_tokens_per_s": round(torch_r["tokens_per_s"], 1), "hf_dtype": torch_r["best"],
+      "vs_hf": round(jax_r["tokens_per_s"] / torch_r["tokens_per_s"], 3),
       "jax_first_decode_s": round(jax_r["first_decode_s"], 2),
+      "hf_first_decode_s": round(torch_r["first_decode_s"], 2),
       "jax_peak_rss_gib": round(jax_r["peak_rss_gib"], 2),
-      "torch_peak_rss_gib": round(torch_r["peak_rss_gib"], 2),
+      "hf_peak_rss_gib": round(torch_r["peak_rss_gib"], 2),
+      "load_avg": [jax_r["load_avg"], torch_r["load_avg"]],
       "full_length": jax_r["generated_tokens"] == torch_r["generated_tokens"] == args.batch * args.decode_length,
   })
 

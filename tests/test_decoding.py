@@ -13,7 +13,9 @@ VOCAB, DIM, EOS = 5, 8, 1
 
 @pytest.fixture(scope="module")
 def toy():
-  """A toy LM: next-token logits from the mean embedding of the fed tokens and the last one."""
+  """A toy LM: next-token logits from the mean embedding of the fed tokens and the last one.
+
+  Returns (cached step function, uncached full recompute, the embedding table)."""
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(3), 3)
   emb = jax.random.normal(k1, (VOCAB, DIM))
   w_mean = jax.random.normal(k2, (DIM, VOCAB)) * 2.0
@@ -35,8 +37,7 @@ def toy():
     e = emb[fed]
     return e.mean(axis=1) @ w_mean + e[:, -1] @ w_last + eos_bias(fed.shape[1])
 
-  cached.emb = emb
-  return cached, full
+  return cached, full, emb
 
 
 def _cache(rows):
@@ -45,9 +46,9 @@ def _cache(rows):
 
 def _prefill(toy, prompts):
   """The toy's prefill of ragged prompts (BOS 0 first): its cache and step-0 logits."""
-  cached, full = toy
+  _, full, emb = toy
   fed = [[0] + list(p) for p in prompts]
-  cache = {"sum": jnp.stack([cached.emb[jnp.array(f)].sum(0) for f in fed]),
+  cache = {"sum": jnp.stack([emb[jnp.array(f)].sum(0) for f in fed]),
            "n": jnp.array([len(f) for f in fed], jnp.float32)}
   return cache, jnp.stack([full(jnp.array([f]))[0] for f in fed])
 
@@ -73,7 +74,7 @@ def _greedy(toy, length, prompts):
 
 
 def test_greedy_with_cache_equals_full_recompute(toy):
-  cached, full = toy
+  cached, full, _ = toy
   seqs, _ = jax.jit(lambda c: decoding.temperature_sample(
       cached, c, rows=2, length=6, eos_id=EOS, temperature=0.0))(_cache(2))
   np.testing.assert_array_equal(np.asarray(seqs), _greedy_without_cache(full, 6, [[], []]))
@@ -86,7 +87,7 @@ def test_greedy_with_cache_equals_full_recompute(toy):
 
 
 def test_tokens_after_eos_are_zero(toy):
-  cached, _ = toy
+  cached, _, _ = toy
   seqs, _ = decoding.temperature_sample(cached, _cache(16), rows=16, length=12, eos_id=EOS,
                                         rng=jax.random.PRNGKey(2), temperature=2.0)
   ended = [row for row in np.asarray(seqs).tolist() if EOS in row[:-1]]
@@ -96,7 +97,7 @@ def test_tokens_after_eos_are_zero(toy):
 
 
 def test_near_zero_temperature_and_top1_equal_greedy(toy):
-  cached, _ = toy
+  cached, _, _ = toy
   prompts = [[], [2], [3]]
   greedy, _ = _greedy(toy, 6, prompts)
   cache, initial_logits = _prefill(toy, prompts)
@@ -110,7 +111,7 @@ def test_near_zero_temperature_and_top1_equal_greedy(toy):
 
 
 def test_sampling_varies_and_log_likelihood_matches(toy):
-  cached, full = toy
+  cached, full, _ = toy
   rows = 16
   seqs, logprob = decoding.temperature_sample(cached, _cache(rows), rows=rows, length=5, eos_id=EOS,
                                               rng=jax.random.PRNGKey(1), temperature=1.5)
@@ -138,7 +139,7 @@ def test_filter_logits_topk_and_topp():
 
 def test_beam_of_one_equals_greedy(toy):
   """Holds when greedy ends within the length (else beam search returns its best finished beam)."""
-  cached, _ = toy
+  cached, _, _ = toy
   prompts = [[], [3]]
   greedy, _ = _greedy(toy, 12, prompts)
   assert all(EOS in row for row in np.asarray(greedy).tolist())
@@ -163,7 +164,7 @@ def _exhaustive_best(full, length, alpha):
 
 
 def test_wide_beam_finds_exhaustive_optimum(toy):
-  cached, full = toy
+  cached, full, _ = toy
   length, alpha, k = 3, 0.6, 16  # 16 beams cover every live prefix of length <= 2 (4 * 4).
   beams, scores = jax.jit(lambda c: decoding.beam_search(
       cached, c, batch=1, beam_size=k, length=length, eos_id=EOS, alpha=alpha))(_cache(k))

@@ -401,11 +401,13 @@ class MultiHeadAttention(nn.Module):
                            else prefill_lengths.astype(jnp.int32))
       mask = causal_mask(batch, q_len) if mask is None else mask
     elif stepping:
-      # Each row writes its one new key/value in place at its own slot (a batched
-      # dynamic_update_slice, i.e. a scatter, no copy of the cache).
-      write = jax.vmap(lambda cache, new, i: jax.lax.dynamic_update_slice_in_dim(cache, new, i, 0))
-      cached_key.value = write(cached_key.value, key.astype(self.dtype), index)
-      cached_value.value = write(cached_value.value, value.astype(self.dtype), index)
+      # Each row writes its new key/value at its own slot with one select over the cache: on
+      # XLA:CPU a bf16 scatter (or dynamic_update_slice) is computed in float32, converting the
+      # whole cache twice per step (measured ~10x slower for a [8, 128, 6, 64] cache).
+      slot = jnp.arange(cached_key.value.shape[1])[None, :] == index[:, None]  # [batch, cache]
+      write = lambda cache, new: jnp.where(slot[:, :, None, None], new.astype(self.dtype), cache)
+      cached_key.value = write(cached_key.value, key)
+      cached_value.value = write(cached_value.value, value)
       cache_index.value = index + 1
       key, value = cached_key.value, cached_value.value
       mask = (jnp.arange(key.shape[1])[None, :] <= index[:, None])[:, None, :]
