@@ -309,8 +309,10 @@ def apply_formatter(dataset: tf.data.Dataset, formatter: Formatter, chunk_size: 
       if encoders:
         for key in TEXT_FEATURES:
           texts = columns[f"{key}_pretokenized"] = columns[key]
-          columns[key] = tf.ragged.constant([encoders[key].encode(t) for t in texts],
-                                            dtype=tf.int32, ragged_rank=1)
+          ids = [encoders[key].encode(t) for t in texts]
+          columns[key] = tf.RaggedTensor.from_row_lengths(
+              np.fromiter(itertools.chain.from_iterable(ids), np.int32),
+              np.array([len(i) for i in ids], np.int64))
       yield columns
 
   chunk_signature = {
