@@ -28,6 +28,10 @@ def _args(argv=None):
   parser.add_argument("--inputs", type=int, default=512)
   parser.add_argument("--decode_length", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--torch_threads", type=int, default=0,
+                      help="PyTorch intra-op threads (0: its default, one per core). On a loaded "
+                           "machine use 1: OpenMP threads that spin-wait on busy cores made HF "
+                           "decode steps ~30x slower here")
   return parser.parse_args(argv)
 
 
@@ -78,6 +82,8 @@ def run_torch(args) -> dict:
   import torch  # pylint: disable=import-outside-toplevel
 
   load = os.getloadavg()[0]
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
   torch.manual_seed(0)
   model = common.hf_t5_v1_1_small().eval()
   with torch.no_grad():
@@ -107,7 +113,7 @@ def main() -> None:
     common.emit(run_jax(args) if args.only == "jax" else run_torch(args))
     return
   extra = [f"--batch={args.batch}", f"--inputs={args.inputs}", f"--decode_length={args.decode_length}",
-           f"--repeats={args.repeats}"]
+           f"--repeats={args.repeats}", f"--torch_threads={args.torch_threads}"]
   results = common.run_workers(__file__, ["jax", "torch"], extra)
   jax_r, torch_r = results["jax"], results["torch"]
   common.emit({
