@@ -20,8 +20,9 @@ or `None` when a few-shot query ends up with no exemplar (such queries are dropp
 Python over the upstream dataset (a generator source), which keeps the stream deterministic. With
 `tokenize=True` it also tokenizes, in Python with the same SentencePiece model, and replaces
 `seqio.preprocessors.tokenize` (same features, same ids): a task then builds no TF SentencePiece
-op, whose start-up (~0.5 s per task and per `get_dataset`, measured) dominated mixtures of many
-tasks, and few-shot prompts reuse the ids computed while pruning instead of being encoded twice.
+op, whose start-up (~0.5 s per task and per `get_dataset`, measured under load) weighs on mixtures
+of many tasks, and few-shot prompts reuse the ids computed while pruning instead of being encoded
+twice.
 """
 from __future__ import annotations
 
@@ -333,18 +334,18 @@ def _python_rows(dataset: tf.data.Dataset, chunk_size: int) -> Iterator[dict[str
       yield to_python({key: value[i] for key, value in batch.items()})
 
 
-def output_encoders(output_features: Optional[Mapping[str, Any]]) -> Optional[dict[str, Encoder]]:
-  """{"inputs": Encoder, "targets": Encoder} for SeqIO output features (None without them).
+def output_encoders(output_features: Optional[Mapping[str, Any]]) -> dict[str, Encoder]:
+  """{feature: Encoder} for the `inputs`/`targets` SeqIO output features that are present.
 
   Features sharing one vocabulary share one encoder (and its memo).
   """
-  if not output_features or any(key not in output_features for key in TEXT_FEATURES):
-    return None
-  inputs_vocabulary = output_features["inputs"].vocabulary
-  inputs = Encoder(inputs_vocabulary)
-  targets_vocabulary = output_features["targets"].vocabulary
-  targets = inputs if targets_vocabulary is inputs_vocabulary else Encoder(targets_vocabulary)
-  return {"inputs": inputs, "targets": targets}
+  encoders: dict[str, Encoder] = {}
+  for key in TEXT_FEATURES:
+    if output_features and key in output_features:
+      vocabulary = output_features[key].vocabulary
+      shared = [e for e in encoders.values() if e.vocabulary is vocabulary]
+      encoders[key] = shared[0] if shared else Encoder(vocabulary)
+  return encoders
 
 
 def make_preprocessor(family: tpl.TemplateFamily, template_types: Union[str, Sequence[str]], *,
@@ -367,8 +368,8 @@ def make_preprocessor(family: tpl.TemplateFamily, template_types: Union[str, Seq
 
   def preprocess(dataset: tf.data.Dataset, output_features=None) -> tf.data.Dataset:
     encoders = output_encoders(output_features)
-    formatter.token_counter = encoders["inputs"] if encoders else None
-    if tokenize and encoders is None:
+    formatter.token_counter = encoders.get("inputs")
+    if tokenize and len(encoders) < len(TEXT_FEATURES):
       raise ValueError(f"Task '{task_name}': tokenize=True needs SeqIO output features "
                        "'inputs' and 'targets' (their vocabularies tokenize the texts).")
     return apply_formatter(dataset, formatter, encoders=encoders if tokenize else None)
