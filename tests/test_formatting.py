@@ -217,3 +217,14 @@ def test_python_tokenization_matches_seqio_tokenize_on_real_cot_rows(t5_vocab_pa
       assert got.keys() == want.keys()
       for key in want:
         assert np.array_equal(got[key], want[key]), (name, key)
+
+
+def test_x_shot_shows_a_small_curated_pool_whole_in_the_query_template():
+  """NIv2-style pools of 2-4 Positive Examples: filtering 25 random draws would drop ~75% of queries."""
+  pool = make_examples(3, offset=1000)
+  formatter = fmt.Formatter(FAMILY, tpl.FS_NOOPT, task_name="t", exemplars=pool)
+  out = [formatter.format(p, q) for p, q in enumerate(QUERIES[:40])]
+  assert None not in out
+  for o in out:
+    blocks = tags(o["inputs"])
+    assert blocks == [o["_template_idx"]] * 4  # all 3 exemplars, then the query, one template

@@ -11,7 +11,8 @@ or `None` when a few-shot query ends up with no exemplar (such queries are dropp
   `(seed, task_name, position)`, so the query and its exemplars share header and markers, and the
   same seed always gives the same stream.
 * Few-shot: `x_shot` draws 25 candidates from the exemplar pool (the train split), gives each a
-  random template and keeps those that landed on the query's template (~2.5 for 10 templates);
+  random template and keeps those that landed on the query's template (~2.5 for 10 templates; a
+  pool smaller than 25, like NIv2's Positive Examples, is shown whole in the query's template);
   `mix_five_shot` keeps 5 exemplars with mixed templates. Exemplars are pruned from the front until
   the tokenized input fits `max_input_tokens` (1,920 by default, of 2,048). Each task gets one of
   `DELIMITERS`, chosen by a stable hash of its name.
@@ -213,6 +214,11 @@ class Formatter:
       if _same_example(candidate, example):
         continue
       chosen.append((candidate, rng.randrange(num_templates)))
+    if cfg.mode == X_SHOT and len(pool) < cfg.num_candidates:
+      # A pool smaller than the candidate draw is a curated demonstration set (NIv2's Positive
+      # Examples hold 2-4): filtering by a random template would drop almost every query, so
+      # up to `num_mixed` of them are all shown in the query's template.
+      return [(c, index) for c, _ in chosen[:cfg.num_mixed]]
     if cfg.mode == X_SHOT:
       chosen = [(c, t) for c, t in chosen if t == index]
     return chosen
