@@ -165,13 +165,29 @@ class Trainer:
                             for k, v in self.input_shapes.items()}
     self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_params))
 
-    self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+    self._init = jax.jit(self._partitioned(self._init_state), out_shardings=self.state_shardings)
     self._init_opt = jax.jit(optimizer.tx.init, in_shardings=(self.param_shardings,),
                              out_shardings=self.opt_shardings)
-    self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_shardings),
+    self.train_step = jax.jit(self._partitioned(self._train_step),
+                              in_shardings=(self.state_shardings, self.batch_shardings),
                               out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
-    self.eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, self.batch_shardings),
+    self.eval_step = jax.jit(self._partitioned(self._eval_step),
+                             in_shardings=(self.param_shardings, self.batch_shardings),
                              out_shardings=replicated)
+
+  def _partitioned(self, fn):
+    """`fn` traced with the mesh and the logical-axis rules in scope.
+
+    Flax turns the layers' `nn.with_logical_constraint` calls into sharding constraints only when
+    both are set while tracing; without them the constraints vanish and GSPMD is left to guess
+    activation layouts from the parameters alone (for FSDP it moved activations between chips
+    instead of gathering weights).
+    """
+    def scoped(*args):
+      with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh), nn.logical_axis_rules(self.rules):
+        return fn(*args)
+    scoped.__name__ = fn.__name__
+    return scoped
 
   def _init_variables(self, rng):
     return self.model.get_initial_variables(rng, self.input_shapes, self.input_types or None)

@@ -208,3 +208,21 @@ def test_real_t5_on_a_2d_mesh_matches_one_device(tiny_t5_losses):
   assert sharded[-1] < sharded[0]
   kernel = state.params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "model")
+
+
+def test_layer_activation_constraints_reach_the_compiled_step():
+  """The layers' `with_logical_constraint`s only exist when the trainer traces with mesh and rules."""
+  from flan_jax.models import configs, model as model_lib  # pylint: disable=import-outside-toplevel
+  config = dataclasses.replace(configs.CONFIGS["flan_t5_tiny"], dtype="float32", vocab_size=256)
+  shapes = {"encoder_input_tokens": (16, 16), "decoder_input_tokens": (16, 8),
+            "decoder_target_tokens": (16, 8), "decoder_loss_weights": (16, 8)}
+  mesh = partitioning.create_mesh(2, 2, 2, devices=jax.devices()[:8])
+  trainer = Trainer(model_lib.EncoderDecoderModel(config, _EosOnlyVocab()), optim.adafactor(1e-2),
+                    mesh, shapes)
+  batch = {k: jax.ShapeDtypeStruct(s, np.int32, sharding=trainer.batch_shardings[k])
+           for k, s in shapes.items()}
+  text = trainer.train_step.lower(trainer.abstract_state, batch).as_text()
+  constraints = [line for line in text.splitlines() if "sharding_constraint" in line or "@Sharding" in line]
+  # Activations [batch, length, heads|mlp]: batch over (data, fsdp), heads/mlp over model.
+  assert len(constraints) > 20, len(constraints)
+  assert any('"model"' in line or "model" in line.split("sharding")[-1] for line in constraints)
