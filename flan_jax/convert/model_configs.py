@@ -28,7 +28,7 @@ _DECODER_FIELDS = {
     "tie_word_embeddings": "logits_via_embedding",
 }
 # DecoderConfig switches that make the Llama block (sequential, untied or tied head, no biases).
-_LLAMA_SWITCHES = {"parallel_block": False, "scale_tied_logits": False}
+_LLAMA_SWITCHES = {"parallel_block": False, "scale_tied_logits": False, "bidirectional_prefix": False}
 # DecoderConfig switches a Llama checkpoint cannot express.
 PALM_SWITCHES = ("parallel_block", "scale_tied_logits")
 

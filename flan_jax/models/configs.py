@@ -51,6 +51,9 @@ class DecoderConfig:
   parallel_block: bool = False       # PaLM: x + attn(norm(x)) + mlp(norm(x)) with one shared norm
   logits_via_embedding: bool = False  # tied input/output embedding (no decoder/logits_dense)
   scale_tied_logits: bool = False    # PaLM scales tied logits by 1/sqrt(emb_dim); HF Llama does not
+  # Prefix-LM: the prompt (`decoder_causal_attention`) attends to itself both ways, in training and
+  # in prefill. False keeps attention causal everywhere, as Llama checkpoints were pretrained.
+  bidirectional_prefix: bool = True
   dropout_rate: float = 0.0
   dtype: str = "bfloat16"
   scan_layers: bool = False
@@ -87,10 +90,11 @@ CONFIGS: dict[str, T5Config | DecoderConfig] = {
     "palm_540b": _palm(18432, 48, 118),
     # Llama family: Llama-2 7B (MHA) and Llama-3 8B (GQA, 8 kv heads).
     "llama2_7b": DecoderConfig(vocab_size=32000, emb_dim=4096, num_heads=32, num_kv_heads=32,
-                               head_dim=128, mlp_dim=11008, num_layers=32, layer_norm_epsilon=1e-5),
+                               head_dim=128, mlp_dim=11008, num_layers=32, layer_norm_epsilon=1e-5,
+                               bidirectional_prefix=False),
     "llama3_8b": DecoderConfig(vocab_size=128256, emb_dim=4096, num_heads=32, num_kv_heads=8,
                                head_dim=128, mlp_dim=14336, num_layers=32, layer_norm_epsilon=1e-5,
-                               rope_theta=500000.0),
+                               rope_theta=500000.0, bidirectional_prefix=False),
 }
 
 # Published parameter counts the shipped configs must reproduce (models.info checks them).

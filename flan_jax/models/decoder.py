@@ -104,7 +104,8 @@ class DecoderOnly(nn.Module):
     row's cache index at its prompt length, `prefill_lengths` [batch] (default L), so that row's
     decoding continues there; prompts of different lengths are right-padded to L (the padding
     slots are masked, then overwritten by the generated tokens). With `decoder_causal_attention`
-    the prefix attends bidirectionally, as in prefix-LM training.
+    the prefix attends bidirectionally, as in prefix-LM training, unless the config sets
+    `bidirectional_prefix=False`.
     """
     del decoder_target_tokens  # masks come from causality, the prefix and segment ids
     cfg = self.config
@@ -117,8 +118,8 @@ class DecoderOnly(nn.Module):
                             name="token_embedder")
     x = embedder(decoder_input_tokens)
     stepping = decode and not prefill and length == 1
-    mask = None if stepping else decoder_mask(batch, length, decoder_causal_attention,
-                                              decoder_segment_ids)
+    prefix = decoder_causal_attention if cfg.bidirectional_prefix else None
+    mask = None if stepping else decoder_mask(batch, length, prefix, decoder_segment_ids)
     positions = None if decode else decoder_positions
     x = _Stack(cfg, name="decoder")(x, mask, positions, prefill_lengths, not enable_dropout,
                                     decode, prefill, max_decode_length)
