@@ -34,8 +34,11 @@ def _variant(name: str) -> seqio.Task:
 
 
 def _split_preprocessors(task: seqio.Task):
-  """(row preprocessors, the template preprocessor): everything before SeqIO's tokenize."""
-  end = list(task.preprocessors).index(seqio.preprocessors.tokenize)
+  """(row preprocessors, the template preprocessor): everything before SeqIO's cache placeholder.
+
+  The template preprocessor also tokenizes (`tokenize=True`), keeping the text as `*_pretokenized`.
+  """
+  end = [isinstance(p, seqio.CacheDatasetPlaceholder) for p in task.preprocessors].index(True)
   wrap = lambda p: seqio.utils.add_kwargs_to_transform(  # pylint: disable=g-long-lambda
       p, sequence_length=None, output_features=task.output_features)
   return [wrap(p) for p in task.preprocessors[:end - 1]], wrap(task.preprocessors[end - 1])
@@ -66,7 +69,8 @@ def test_tfds_task_maps_its_builders_features(name, vocabulary):
   if label is not None:
     options = [o.decode() for o in canonical["options"]]
     assert answer in options and len(set(options)) == len(options) >= 2
-  inputs, targets = (rendered[k].decode() for k in ("inputs", "targets"))
+  inputs, targets = (rendered[f"{k}_pretokenized"].decode() for k in ("inputs", "targets"))
+  assert list(rendered["inputs"]) == vocabulary.encode(inputs)
   assert inputs.strip() and targets == answer.strip()
   assert "{" not in inputs and "}" not in inputs  # every template field was filled
   if label is not None:
