@@ -32,6 +32,9 @@ class T5Config:
   dtype: str = "bfloat16"            # activations; parameters are always float32
   scan_layers: bool = False          # nn.scan over layers: params stacked under .../layers
   remat_policy: str = "none"         # 'none', 'full', 'dots_saveable', ... (layers.REMAT_POLICIES)
+  # 'bfloat16' stores attention scores/probabilities in bf16 (softmax still in f32): for TPU, where
+  # they dominate HBM traffic at long lengths; slower on CPU (layers.MultiHeadAttention._attend).
+  attention_scores_dtype: str = "float32"
 
 
 @gin.configurable
@@ -58,6 +61,7 @@ class DecoderConfig:
   dtype: str = "bfloat16"
   scan_layers: bool = False
   remat_policy: str = "none"
+  attention_scores_dtype: str = "float32"  # see T5Config
 
 
 def _t5(emb: int, mlp: int, heads: int, layers: int, head_dim: int = 64) -> T5Config:
