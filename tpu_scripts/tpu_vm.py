@@ -185,7 +185,9 @@ def launch_commands(config: Mapping[str, str]) -> list[list[str]]:
       "export TF_CPP_MIN_LOG_LEVEL=3",
       f"{train_command(config)} > ~/{log} 2>&1",
       "code=$?",
-      f"if grep -q '^preempted:' ~/{log}; then echo preempted; else echo $code; fi > ~/{status}",
+      # Written whole, then renamed: a reader (`run`'s poll) never sees an empty status file.
+      f"if grep -q '^preempted:' ~/{log}; then echo preempted; else echo $code; fi > ~/{status}.tmp",
+      f"mv ~/{status}.tmp ~/{status}",
   ])
   remote = (f"cat > ~/flan_jax_train.sh <<'EOF'\n{script}\nEOF\n"
             f"rm -f ~/{status}; nohup bash ~/flan_jax_train.sh > /dev/null 2>&1 &")
