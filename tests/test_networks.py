@@ -390,3 +390,16 @@ def test_bf16_attention_scores_stay_close_to_f32(dtype):
   assert len(pairs) == 6  # query, key, value, out kernels; x; bias
   for g, e in pairs:
     assert g.shape == e.shape and relative(g, e) < 2e-2
+
+
+def test_attention_scores_dtype_reaches_t5_and_decoder_attention(t5_net, lm_net):
+  """`attention_scores_dtype` in the config changes the networks' numbers, slightly."""
+  module, _, params, enc, dec, _, logits = t5_net
+  bf16 = t5.Transformer(dataclasses.replace(module.config, attention_scores_dtype="bfloat16"))
+  other = np.asarray(bf16.apply({"params": params}, enc, dec, dec, enable_dropout=False))
+  assert 0 < _max_diff(other, logits) < 0.05 * np.max(np.abs(logits))
+  lm, _, lm_params, tokens = lm_net
+  full = np.asarray(lm.apply({"params": lm_params}, tokens, tokens, enable_dropout=False))
+  lm_bf16 = decoder.DecoderOnly(dataclasses.replace(lm.config, attention_scores_dtype="bfloat16"))
+  other = np.asarray(lm_bf16.apply({"params": lm_params}, tokens, tokens, enable_dropout=False))
+  assert 0 < _max_diff(other, full) < 0.05 * np.max(np.abs(full))

@@ -38,7 +38,7 @@ class DecoderOnlyLayer(nn.Module):
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(x)
     attended = layers.MultiHeadAttention(
         cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, dtype, cfg.dropout_rate, scale_logits=True,
-        rope_theta=cfg.rope_theta, name="self_attention")(
+        rope_theta=cfg.rope_theta, scores_dtype=cfg.attention_scores_dtype, name="self_attention")(
             h, h, mask=mask, deterministic=self.deterministic, decode=self.decode,
             prefill=self.prefill, prefill_lengths=prefill_lengths, query_positions=positions,
             max_decode_length=self.max_decode_length)

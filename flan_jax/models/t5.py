@@ -31,7 +31,8 @@ class EncoderLayer(nn.Module):
     norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name=name)
     h = norm("pre_attention_layer_norm")(x)
     h = layers.MultiHeadAttention(cfg.num_heads, cfg.num_heads, cfg.head_dim, dtype,
-                                  cfg.dropout_rate, name="attention")(
+                                  cfg.dropout_rate, scores_dtype=cfg.attention_scores_dtype,
+                                  name="attention")(
                                       h, h, mask=mask, bias=bias, deterministic=self.deterministic)
     x = x + _dropout(cfg, h, self.deterministic)
     h = norm("pre_mlp_layer_norm")(x)
@@ -54,7 +55,8 @@ class DecoderLayer(nn.Module):
     cfg, dtype = self.config, layers.as_dtype(self.config.dtype)
     norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name=name)
     attention = lambda name: layers.MultiHeadAttention(
-        cfg.num_heads, cfg.num_heads, cfg.head_dim, dtype, cfg.dropout_rate, name=name)
+        cfg.num_heads, cfg.num_heads, cfg.head_dim, dtype, cfg.dropout_rate,
+        scores_dtype=cfg.attention_scores_dtype, name=name)
     h = norm("pre_self_attention_layer_norm")(x)
     h = attention("self_attention")(h, h, mask=self_mask, bias=bias,
                                     deterministic=self.deterministic, decode=self.decode,
