@@ -14,6 +14,17 @@ def _log_softmax_np(x):
   return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+
+def _assert_one_beam_is_greedy_where_greedy_ends(model, params, batch, length):
+  """Beam search with one beam equals greedy on the rows greedy ends (EOS) within `length`."""
+  greedy = np.asarray(model.predict_batch(params, batch, max_decode_length=length))
+  ended = [r for r, row in enumerate(greedy.tolist()) if model.eos_id in row]
+  assert 0 in ended
+  beam = np.asarray(model.predict_batch(params, batch, decode_method="beam", beam_size=1,
+                                        alpha=0.0, max_decode_length=length))
+  np.testing.assert_array_equal(beam[ended], greedy[ended])
+  return greedy
+
 def test_cross_entropy_and_z_loss_match_numpy():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(2, 3, 7)).astype(np.float32) * 3
@@ -125,14 +136,9 @@ def test_t5_other_decoders_reduce_to_greedy(t5):
   assert beams.shape == (4, 2, 8)
   # Beam search with one beam is greedy when greedy finishes within the length: call the token
   # greedy emits third in row 0 "EOS" so that rows end early.
-  eos_vocab = type("Vocab", (), {"eos_id": int(greedy[0, 2])})()
-  eos_model = model_lib.EncoderDecoderModel(model.config, eos_vocab)
-  greedy = np.asarray(eos_model.predict_batch(params, batch, max_decode_length=8))
-  ended = [r for r, row in enumerate(greedy.tolist()) if eos_vocab.eos_id in row]
-  assert 0 in ended
-  one_beam = np.asarray(eos_model.predict_batch(params, batch, decode_method="beam", beam_size=1,
-                                                alpha=0.0, max_decode_length=8))
-  np.testing.assert_array_equal(one_beam[ended], greedy[ended])
+  eos_model = model_lib.EncoderDecoderModel(
+      model.config, type("Vocab", (), {"eos_id": int(greedy[0, 2])})())
+  _assert_one_beam_is_greedy_where_greedy_ends(eos_model, params, batch, 8)
 
 
 def test_t5_score_and_loss(t5):
@@ -218,12 +224,7 @@ def test_prefix_lm_prefilled_decoding_equals_full_forward(lm):
   # here (greedy ends within the length in the rows checked).
   eos_model = model_lib.DecoderOnlyModel(
       model.config, type("Vocab", (), {"eos_id": int(expected[0, 1])})())
-  greedy = np.asarray(eos_model.predict_batch(params, batch, max_decode_length=5))
-  ended = [r for r, row in enumerate(greedy.tolist()) if eos_model.eos_id in row]
-  assert 0 in ended
-  beam = np.asarray(eos_model.predict_batch(params, batch, decode_method="beam", beam_size=1,
-                                            alpha=0.0, max_decode_length=5))
-  np.testing.assert_array_equal(beam[ended], greedy[ended])
+  greedy = _assert_one_beam_is_greedy_where_greedy_ends(eos_model, params, batch, 5)
   cold = np.asarray(eos_model.predict_batch(params, batch, jax.random.PRNGKey(0),
                                             decode_method="sample", num_decodes=2,
                                             temperature=1e-4, max_decode_length=5))
