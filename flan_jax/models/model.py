@@ -306,8 +306,9 @@ class DecoderOnlyModel(BaseModel):
   """PaLM / Llama-style decoder-only wrapper (seqio PrefixLMFeatureConverter batches).
 
   Prediction runs every row's prompt (BOS + the `inputs` part of `decoder_target_tokens`, see
-  `_prompt_lengths`) through the network in one prefill call, with the bidirectional prefix the
-  model was trained with, then generates up to `max_decode_length` tokens after it; the returned
+  `_prompt_lengths`) through the network in one prefill call, with the prompt attention the model
+  was trained with (bidirectional prefix unless the config sets `bidirectional_prefix=False`), then
+  generates up to `max_decode_length` tokens after it; the returned
   tokens are the generated ones only.
   """
 
