@@ -43,6 +43,8 @@ flags.DEFINE_string("topology", "cpu", "TPU slice (v4-64, v5p-128, v5e-16, v6e-8
 flags.DEFINE_string("mesh", "", "data,fsdp,model sizes (one may be -1); default: the gin's create_mesh.")
 flags.DEFINE_bool("json", False, "End the output with one JSON object.")
 flags.DEFINE_float("cpu_peak_flops", 950e9, "This host's bf16 matmul peak (FLOP/s) for --topology=cpu.")
+flags.DEFINE_integer("top_traffic", 0, "Also list the N instructions that move the most HBM bytes "
+                     "per step (with the jax operation each came from): where to look for savings.")
 FLAGS = flags.FLAGS
 
 
@@ -190,8 +192,16 @@ def _parse_mesh(text: str) -> dict[str, int]:
   return dict(zip(partitioning.MESH_AXES, sizes))
 
 
+def _short_op_name(op_name: str) -> str:
+  """'jit(_train_step)/transpose(jvp(Transformer))/.../while/body/closed_call/layers/mlp/wo/...'
+  without the wrappers every name shares."""
+  for noise in ("jit(_train_step)/", "while/body/", "closed_call/", "checkpoint/"):
+    op_name = op_name.replace(noise, "")
+  return op_name.replace("transpose(jvp(", "backward(").replace("jvp(", "forward(")
+
+
 def analyze(setup: TrainSetup, topology: str = "cpu", mesh_shape: Mapping[str, int] | None = None,
-            cpu_peak_flops: float = 950e9) -> dict[str, Any]:
+            cpu_peak_flops: float = 950e9, top_traffic: int = 0) -> dict[str, Any]:
   """Compiles the step for `topology` and returns the report (see the module docstring)."""
   if topology == "cpu":
     devices = jax.devices()
@@ -206,7 +216,8 @@ def analyze(setup: TrainSetup, topology: str = "cpu", mesh_shape: Mapping[str, i
   compiled, trainer = compile_step(setup, mesh)
   compile_s = time.time() - start
   memory = _memory(compiled)
-  traffic = roofline.hlo_traffic(compiled.as_text())
+  hlo_text = compiled.as_text()
+  traffic = roofline.hlo_traffic(hlo_text)
   config = getattr(setup.model, "config", None)
   tokens = setup.batch_size * sum(setup.task_feature_lengths.values())
   model_flops, flops = executed_flops(setup.model, trainer.abstract_params, setup.task_feature_lengths,
@@ -231,6 +242,9 @@ def analyze(setup: TrainSetup, topology: str = "cpu", mesh_shape: Mapping[str, i
       "estimated_mfu": mfu(line.step_s),
       "estimated_step_s_no_overlap": line.serial_s, "estimated_mfu_no_overlap": mfu(line.serial_s),
       "estimated_tokens_per_s": tokens / line.step_s if line.step_s else 0.0,
+      "top_traffic": [{"op_name": _short_op_name(i.op_name), "shape": i.shape.split("{")[0],
+                       "hbm_bytes": i.hbm_bytes}
+                      for i in roofline.top_traffic(hlo_text, top_traffic)] if top_traffic else [],
   }
 
 
@@ -262,7 +276,11 @@ def format_table(report: Mapping[str, Any]) -> str:
                                         f"{100 * report['estimated_mfu_no_overlap']:.1f}%"),
   ]
   width = max(len(k) for k, _ in rows)
-  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+  lines = [f"{k:<{width}}  {v}" for k, v in rows]
+  if report.get("top_traffic"):
+    lines.append("largest HBM traffic / chip / step (est.):")
+    lines += [f"  {gib(t['hbm_bytes']):>12}  {t['shape']:<32} {t['op_name']}" for t in report["top_traffic"]]
+  return "\n".join(lines)
 
 
 def render(report: Mapping[str, Any], as_json: bool = False) -> str:
@@ -272,7 +290,8 @@ def render(report: Mapping[str, Any], as_json: bool = False) -> str:
 
 def main() -> None:
   mesh_shape = _parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
-  report = analyze(setup_from_gin(), FLAGS.topology, mesh_shape, FLAGS.cpu_peak_flops)
+  report = analyze(setup_from_gin(), FLAGS.topology, mesh_shape, FLAGS.cpu_peak_flops,
+                   FLAGS.top_traffic)
   print(render(report, FLAGS.json))
 
 

@@ -151,7 +151,11 @@ _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
 # `%name = SHAPE opcode(operands), attributes`; tuple shapes hold parentheses (`T(8,128)`), so the
 # shape ends at the first `) opcode(`.
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([a-z][\w\-]*)\(([^)]*)\)(.*)$")
-_SHAPE = re.compile(r"\b(pred|s8|u8|s16|u16|f16|bf16|s32|u32|f32|s64|u64|f64)\[([\d,]*)\]")
+_SHAPE = re.compile(r"\b(pred|s8|u8|s16|u16|f16|bf16|s32|u32|f32|s64|u64|f64)\[([\d,]*)\](\{[^}]*\})?")
+# A layout's memory space: `S(0)` (or none) is HBM; XLA's memory-space assignment puts buffers it
+# prefetches or keeps close in others (on v4, `S(3)` buffers of up to 128 MiB: on-chip CMEM;
+# `S(1)` VMEM; `S(2)`/`S(6)` scalars). Reading or writing those is not HBM traffic.
+_MEMORY_SPACE = re.compile(r"S\((\d+)\)")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
           "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 _COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
@@ -159,11 +163,34 @@ _COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "col
 _NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while", "call",
                "conditional", "after-all", "partition-id", "replica-id", "opt-barrier",
                "all-gather-done", "all-reduce-done", "collective-permute-done", "copy-done",
-               "async-done", "async-update"}
+               "slice-done", "async-done", "async-update"}
+# Asynchronous moves between memory spaces: `(source, destination, context)` tuples.
+_MEMORY_MOVES = ("copy-start", "slice-start")
+
+
+def _arrays(shape: str) -> list[tuple[int, bool]]:
+  """(bytes, lives in HBM) of every array in an HLO shape, tuple elements in order."""
+  arrays = []
+  for dtype, dims, layout in _SHAPE.findall(shape):
+    space = _MEMORY_SPACE.search(layout or "")
+    arrays.append((_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d),
+                   space is None or space.group(1) == "0"))
+  return arrays
 
 
 def _shape_sizes(shape: str) -> list[int]:
-  return [_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d) for t, dims in _SHAPE.findall(shape)]
+  return [size for size, _ in _arrays(shape)]
+
+
+def _hbm_bytes(shape: str) -> int:
+  return sum(size for size, in_hbm in _arrays(shape) if in_hbm)
+
+
+def _memory_move_bytes(ins: "_Instruction") -> int:
+  """HBM bytes of a copy/slice between memory spaces: the destination's size, once for reading
+  it from HBM and once for writing it there (a prefetch reads HBM, an eviction writes it)."""
+  source, destination = _arrays(ins.shape)[:2]
+  return destination[0] * (int(source[1]) + int(destination[1]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +212,8 @@ class _Instruction:
 
 
 def _parse(hlo_text: str) -> tuple[str | None, dict[str, list[_Instruction]], dict[str, int], dict[str, list[int]]]:
-  """(entry name, computation → instructions, instruction → result bytes, computation → int constants)."""
+  """(entry name, computation → instructions, instruction → result bytes in HBM, computation → int
+  constants)."""
   bodies: dict[str, list[_Instruction]] = {}
   sizes: dict[str, int] = {}
   constants: dict[str, list[int]] = {}
@@ -201,7 +229,7 @@ def _parse(hlo_text: str) -> tuple[str | None, dict[str, list[_Instruction]], di
     if not match:
       continue
     name, shape, opcode, operands, attributes = match.groups()
-    sizes[name] = sum(_shape_sizes(shape))
+    sizes[name] = _hbm_bytes(shape)
     if opcode == "parameter":
       attributes = operands.strip()  # the parameter's index
     if opcode == "constant" and re.fullmatch(r"[su]\d+\[\]", shape.split("{")[0]):
@@ -243,23 +271,28 @@ def _fusion_bytes(fusion: _Instruction, bodies: dict[str, list[_Instruction]],
       result += sizes.get(ins.operands[1], 0) - sizes[ins.name]
   for name, index in index_of.items():
     users = [u for u in fused if name in u.operands]
-    if users and all(u.opcode in ("dynamic-slice", "slice") for u in users):
+    if users and reads[index] and all(u.opcode in ("dynamic-slice", "slice") for u in users):
       reads[index] = sum(sizes[u.name] for u in users)
   return max(result, 0), reads
 
 
-def hlo_traffic(hlo_text: str) -> HloTraffic:
-  """Walks a compiled (per-device) HLO module from ENTRY, multiplying loop bodies by their trip count.
+@dataclasses.dataclass(frozen=True)
+class TrafficItem:
+  """One instruction's share of a step: bytes summed over every execution (loop trips included)."""
+  name: str
+  op_name: str               # the jax operation it came from (HLO metadata), '' if none
+  shape: str
+  hbm_bytes: float
+  collective_bytes: float
 
-  XLA's own cost analysis counts a while body once, which undercounts scanned layers, the
-  microbatch loop and the windowed (collective-matmul) loops the TPU compiler emits. Trip counts
-  are read from the loop condition (`counter < constant`). Fusion bodies are not entered: a
-  fusion's HBM traffic is its operands and result, except that a buffer the loop passes on
-  unchanged (stacked layer weights, the activations a windowed matmul slices) counts once per
-  loop, not once per iteration, since each iteration reads only its slice of it. An estimate:
-  layouts, VMEM residency and copies the scheduler adds are not modelled.
-  """
+
+def traffic_items(hlo_text: str) -> tuple[list[TrafficItem], int]:
+  """Every top-level instruction's HBM and interconnect bytes per step, and the number of while
+  loops whose trip count could not be read (counted once). See `hlo_traffic` for the model."""
   entry, bodies, sizes, constants = _parse(hlo_text)
+  shapes = {ins.name: ins.shape for body in bodies.values() for ins in body}
+  operand_bytes = lambda name: sum(_shape_sizes(shapes.get(name, "")))
+  items: list[TrafficItem] = []
   unknown = [0]
 
   def trip_count(condition: str) -> int:
@@ -270,16 +303,15 @@ def hlo_traffic(hlo_text: str) -> HloTraffic:
       return 1
     return max(found)
 
-  memo: dict[str, tuple[float, float, float]] = {}
+  def record(ins: _Instruction, hbm: float = 0.0, comm: float = 0.0) -> None:
+    op_name = re.search(r'op_name="([^"]*)"', ins.attributes)
+    items.append(TrafficItem(ins.name, op_name.group(1) if op_name else "", ins.shape, hbm, comm))
 
-  def walk(computation: str) -> tuple[float, float, float]:
-    """(collective bytes, HBM bytes per execution, HBM bytes of loop-invariant reads)."""
-    if computation in memo:
-      return memo[computation]
-    memo[computation] = (0.0, 0.0, 0.0)  # guards against cycles
+  def walk(computation: str, runs: int, loop_runs: int) -> None:
+    """`runs`: executions of `computation`; `loop_runs`: of the loop around it, which is how
+    often a buffer the loop passes on unchanged is read whole."""
     body = bodies.get(computation, [])
     invariant = _loop_invariants(body)
-    comm = hbm = once = 0.0
     for ins in body:
       base = ins.opcode.removesuffix("-start")
       if base in _COLLECTIVES:
@@ -288,30 +320,48 @@ def hlo_traffic(hlo_text: str) -> HloTraffic:
           arrays = arrays[len(arrays) // 2:]  # (operands, results, context): keep the results
         moved = sum(arrays)
         if base == "reduce-scatter":
-          moved = sum(sizes.get(o, 0) for o in ins.operands)  # every device sends ~ its whole input
-        comm += moved * (2 if base == "all-reduce" else 1)
+          moved = sum(operand_bytes(o) for o in ins.operands)  # each device sends ~ its input
+        record(ins, comm=runs * moved * (2 if base == "all-reduce" else 1))
       if ins.opcode == "while":
-        inner = walk(re.search(r"body=%([\w.\-]+)", ins.attributes).group(1))
         n = trip_count(re.search(r"condition=%([\w.\-]+)", ins.attributes).group(1))
-        comm, hbm = comm + n * inner[0], hbm + n * inner[1] + inner[2]
+        walk(re.search(r"body=%([\w.\-]+)", ins.attributes).group(1), runs * n, runs)
       elif ins.opcode in ("call", "conditional", "async-start"):
         for callee in ins.callees:
-          inner = walk(callee)
-          comm, hbm = comm + inner[0], hbm + inner[1] + inner[2]
+          walk(callee, runs, runs)
+      elif ins.opcode in _MEMORY_MOVES:
+        record(ins, hbm=runs * _memory_move_bytes(ins))
       elif ins.opcode not in _NO_TRAFFIC:
         result, reads = _fusion_bytes(ins, bodies, sizes) if ins.opcode == "fusion" else (
             sizes[ins.name], [sizes.get(o, 0) for o in ins.operands])
-        hbm += result
-        for operand, read in zip(ins.operands, reads):
-          if operand in invariant:
-            once += read
-          else:
-            hbm += read
-    memo[computation] = (comm, hbm, once)
-    return memo[computation]
+        record(ins, hbm=runs * result + sum(read * (loop_runs if operand in invariant else runs)
+                                            for operand, read in zip(ins.operands, reads)))
 
-  comm, hbm, once = walk(entry) if entry else (0.0, 0.0, 0.0)
-  return HloTraffic(comm, hbm + once, unknown[0])
+  if entry:
+    walk(entry, 1, 1)
+  return items, unknown[0]
+
+
+def hlo_traffic(hlo_text: str) -> HloTraffic:
+  """Walks a compiled (per-device) HLO module from ENTRY, multiplying loop bodies by their trip count.
+
+  XLA's own cost analysis counts a while body once, which undercounts scanned layers, the
+  microbatch loop and the windowed (collective-matmul) loops the TPU compiler emits. Trip counts
+  are read from the loop condition (`counter < constant`). Fusion bodies are not entered: a
+  fusion's HBM traffic is its operands and result, except that a buffer the loop passes on
+  unchanged (stacked layer weights, the activations a windowed matmul slices) counts once per
+  loop, not once per iteration, since each iteration reads only its slice of it. Buffers that
+  memory-space assignment placed outside HBM (on-chip CMEM/VMEM) cost only the copy that moves
+  them in or out. An estimate: tiling, VMEM use inside a fusion and on-chip bandwidth are not
+  modelled.
+  """
+  items, unknown = traffic_items(hlo_text)
+  return HloTraffic(sum(i.collective_bytes for i in items), sum(i.hbm_bytes for i in items), unknown)
+
+
+def top_traffic(hlo_text: str, count: int) -> list[TrafficItem]:
+  """The `count` instructions that move the most HBM bytes per step, largest first."""
+  items, _ = traffic_items(hlo_text)
+  return sorted(items, key=lambda i: -i.hbm_bytes)[:count]
 
 
 def collective_bytes(hlo_text: str) -> float:

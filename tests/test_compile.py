@@ -83,6 +83,37 @@ def test_hlo_traffic_multiplies_loop_bodies_by_their_trip_count():
   assert looped.hbm_bytes == pytest.approx(unrolled.hbm_bytes, rel=0.5)
 
 
+# A TPU-style module: memory-space assignment prefetches %w into on-chip memory (S(3)) with an
+# async copy, and slices %x into it; the fusion then reads both from there.
+_MEMORY_SPACE_HLO = """\
+HloModule prefetch
+
+%fused (p0: f32[1024], p1: f32[256]) -> f32[1024] {
+  %p0 = f32[1024]{0:T(1024)S(3)} parameter(0)
+  %p1 = f32[256]{0:T(256)S(3)} parameter(1)
+  ROOT %r = f32[1024]{0:T(1024)} negate(%p0)
+}
+
+ENTRY %main (w: f32[1024], x: f32[4096]) -> f32[1024] {
+  %w = f32[1024]{0:T(1024)} parameter(0)
+  %x = f32[4096]{0:T(1024)} parameter(1)
+  %copy-start = (f32[1024]{0:T(1024)}, f32[1024]{0:T(1024)S(3)}, u32[]{:S(2)}) copy-start(%w)
+  %copy-done = f32[1024]{0:T(1024)S(3)} copy-done(%copy-start)
+  %slice-start = ((f32[4096]{0:T(1024)}), f32[256]{0:T(256)S(3)}, s32[]{:S(2)}) slice-start(%x), slice={[0:256]}
+  %slice-done = f32[256]{0:T(256)S(3)} slice-done(%slice-start)
+  ROOT %fusion = f32[1024]{0:T(1024)} fusion(%copy-done, %slice-done), kind=kLoop, calls=%fused
+}
+"""
+
+
+def test_hlo_traffic_counts_buffers_outside_hbm_only_when_moved():
+  """A prefetch reads HBM once; reading the prefetched copy on chip is not HBM traffic."""
+  traffic = roofline.hlo_traffic(_MEMORY_SPACE_HLO)
+  prefetch, slice_read, fusion_write = 1024 * 4, 256 * 4, 1024 * 4
+  assert traffic.hbm_bytes == prefetch + slice_read + fusion_write
+  assert traffic.collective_bytes == 0
+
+
 RUN_BINDINGS = ["TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}", "BATCH_SIZE = 8"]
 
 
@@ -98,7 +129,7 @@ def setup(t5_vocab_path):
 
 @pytest.fixture(scope="module")
 def cpu_report(setup):
-  return compile_lib.analyze(setup, "cpu", {"data": 2, "fsdp": 2, "model": 2})
+  return compile_lib.analyze(setup, "cpu", {"data": 2, "fsdp": 2, "model": 2}, top_traffic=5)
 
 
 def test_setup_is_what_the_run_gin_trains(setup):
@@ -127,6 +158,11 @@ def test_cpu_report_memory_and_estimates(cpu_report):
   assert r["estimated_step_s"] == max(r["estimated_compute_s"], r["estimated_memory_s"], r["estimated_comm_s"])
   assert r["estimated_step_s_no_overlap"] == pytest.approx(
       r["estimated_compute_s"] + r["estimated_memory_s"] + r["estimated_comm_s"])
+  top = [t["hbm_bytes"] for t in r["top_traffic"]]
+  assert len(top) == 5 and top == sorted(top, reverse=True)
+  assert 0 < sum(top) <= r["hbm_bytes_moved_per_chip"]
+  assert any("Transformer" in t["op_name"] for t in r["top_traffic"])
+  assert "largest HBM traffic" in compile_lib.format_table(r)
   assert 0 < r["estimated_mfu_no_overlap"] <= r["estimated_mfu"] <= 1
   assert "FITS" in compile_lib.format_table(r) and "MFU (est." in compile_lib.format_table(r)
 
