@@ -39,7 +39,6 @@ from flan_jax import model_dir as model_dir_lib
 from flan_jax import partitioning
 
 LENGTH_BUCKET = 32
-REMOTE_PREFIXES = ("gs://", "s3://")
 _COPY_CHUNK_BYTES = 64 << 20
 
 
@@ -165,7 +164,7 @@ def load(path: str | Path, *, step: int | None = None, batch_size: int = 8) -> L
     batch_size: rows per compiled batch for `generate` / `score` (rounded up to the device count).
   """
   from flan_jax import models  # pylint: disable=import-outside-toplevel
-  if str(path).startswith(REMOTE_PREFIXES):
+  if model_dir_lib.is_remote(path):
     path, step = fetch_model_dir(str(path), step)
   path = Path(path).expanduser()
   if not (path / model_dir_lib.SPEC_FILE).exists():

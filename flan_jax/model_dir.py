@@ -29,14 +29,18 @@ VOCAB_FILE = "vocab/spiece.model"
 FAMILIES = ("t5", "decoder")
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+  """True for a URL (`gs://bucket/run`, `s3://...`): a path etils.epath reads, not the local disk."""
+  return "://" in os.fspath(path)
+
+
 def as_path(path: str | os.PathLike) -> epath.Path:
   """A local path made absolute, or a cloud URL (`gs://...`) kept intact.
 
   `pathlib.Path("gs://b/run")` collapses the scheme to `gs:/b/run`, so every MODEL_DIR goes
   through here: training on a TPU VM writes straight to a bucket.
   """
-  text = os.fspath(path)
-  return epath.Path(text if "://" in text else os.path.abspath(text))
+  return epath.Path(path) if is_remote(path) else epath.Path(os.path.abspath(os.fspath(path)))
 
 
 @dataclasses.dataclass(frozen=True)
