@@ -7,7 +7,8 @@ shards nothing, so
 
   data-parallel     data=N, fsdp=1, model=1   (params replicated, batch split)
   FSDP              data=1, fsdp=N, model=1   (batch and params' `embed` split over the same devices)
-  tensor-parallel   data=1, fsdp=1, model=N   (`mlp`, `heads`, `vocab` split)
+  tensor-parallel   data=1, fsdp=1, model=N   (`mlp`, `heads`, `vocab` split; between sublayers
+                                              the residual stream's length: sequence parallelism)
   2-D               any mix, e.g. data=2, fsdp=2, model=2
 
 all use the same table. A dimension whose size the mesh axes do not divide is replicated along
@@ -41,6 +42,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("vocab", "model"),
     ("kv", None),
     ("length", None),
+    ("residual_length", "model"),
     ("layers", None),
     ("relpos_buckets", None),
 )

@@ -45,10 +45,10 @@ class DecoderOnlyLayer(nn.Module):
     if cfg.parallel_block:
       x = x + drop(attended) + drop(mlp(h, self.deterministic))
     else:
-      x = x + drop(attended)
+      x = layers.constrain_residual(x + drop(attended))
       h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
       x = x + drop(mlp(h, self.deterministic))
-    return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+    return layers.constrain_residual(x), None
 
 
 class _Stack(nn.Module):

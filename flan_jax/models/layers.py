@@ -45,6 +45,17 @@ REMAT_POLICIES: dict[str, Any] = {
 }
 
 
+# The residual stream [batch, length, embed] between sublayers. Its length axis has its own logical
+# name so the rules can shard it over the tensor-parallel axis (sequence parallelism): norms,
+# residual adds and dropout then run on 1/model of the tokens, and the all-reduce after each
+# row-parallel product becomes a reduce-scatter (plus an all-gather before the next product).
+RESIDUAL_AXES = ("batch", "residual_length", "embed")
+
+
+def constrain_residual(x: Array) -> Array:
+  return nn.with_logical_constraint(x, RESIDUAL_AXES)
+
+
 def as_dtype(name: str | Any) -> Any:
   """'bfloat16' / 'float32' (or a dtype) → jnp dtype."""
   return jnp.dtype(name)
@@ -153,7 +164,7 @@ class Embed(nn.Module):
 
   def __call__(self, tokens: Array) -> Array:
     out = jnp.take(self.embedding, tokens.astype(jnp.int32), axis=0).astype(self.dtype)
-    return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+    return constrain_residual(out)
 
   def attend(self, x: Array) -> Array:
     """Float32 logits x · embeddingᵀ, computed in the embedder's dtype (f32 accumulation)."""

@@ -34,12 +34,11 @@ class EncoderLayer(nn.Module):
                                   cfg.dropout_rate, scores_dtype=cfg.attention_scores_dtype,
                                   name="attention")(
                                       h, h, mask=mask, bias=bias, deterministic=self.deterministic)
-    x = x + _dropout(cfg, h, self.deterministic)
+    x = layers.constrain_residual(x + _dropout(cfg, h, self.deterministic))
     h = norm("pre_mlp_layer_norm")(x)
     h = layers.GatedMlp(cfg.mlp_dim, "gelu", cfg.dropout_rate, dtype, name="mlp")(
         h, self.deterministic)
-    x = x + _dropout(cfg, h, self.deterministic)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+    return layers.constrain_residual(x + _dropout(cfg, h, self.deterministic)), None
 
 
 class DecoderLayer(nn.Module):
@@ -61,16 +60,15 @@ class DecoderLayer(nn.Module):
     h = attention("self_attention")(h, h, mask=self_mask, bias=bias,
                                     deterministic=self.deterministic, decode=self.decode,
                                     max_decode_length=self.max_decode_length)
-    x = x + _dropout(cfg, h, self.deterministic)
+    x = layers.constrain_residual(x + _dropout(cfg, h, self.deterministic))
     h = norm("pre_cross_attention_layer_norm")(x)
     h = attention("encoder_decoder_attention")(h, encoded, mask=cross_mask,
                                                deterministic=self.deterministic)
-    x = x + _dropout(cfg, h, self.deterministic)
+    x = layers.constrain_residual(x + _dropout(cfg, h, self.deterministic))
     h = norm("pre_mlp_layer_norm")(x)
     h = layers.GatedMlp(cfg.mlp_dim, "gelu", cfg.dropout_rate, dtype, name="mlp")(
         h, self.deterministic)
-    x = x + _dropout(cfg, h, self.deterministic)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+    return layers.constrain_residual(x + _dropout(cfg, h, self.deterministic)), None
 
 
 class Encoder(nn.Module):
