@@ -18,8 +18,12 @@ remote model directory (`gs://bucket/run`) is first copied, spec, vocabulary and
 step asked for, into `$FLAN_JAX_CACHE_DIR/remote/` (reused on the next load of the same step).
 
 Prompts are batched (`batch_size` rows, the last batch padded by repeating its last row), each
-batch sharded over a data-parallel mesh of all devices; the compiled step is reused for every
+batch sharded over the `data` axis of a mesh of all devices; the compiled step is reused for every
 batch of the same shape (input lengths are rounded up to a multiple of `LENGTH_BUCKET`).
+`model_parallel=N` splits the parameters N ways over the `model` axis with the training rules
+(heads, MLP, vocabulary): a model too big for one device's memory is restored straight into its
+shards. Under a multi-process runtime (a TPU pod slice) every process runs the same calls and
+gets every result.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.experimental import multihost_utils
 
 from flan_jax import model_dir as model_dir_lib
 from flan_jax import partitioning
@@ -46,15 +50,37 @@ def _round_up(n: int, multiple: int) -> int:
   return max(multiple, math.ceil(n / multiple) * multiple)
 
 
+def _init_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+  """Batch shapes for building the model's variables (any will do: parameters do not depend on them)."""
+  return {k: v.shape for k, v in model.make_batch([[1]], [[1]], 8, 8).items()}
+
+
+def abstract_params(model: Any, mesh: Any) -> Any:
+  """`model`'s parameters as ShapeDtypeStructs sharded on `mesh` by their logical axes and the
+  training rules: the target that restores a checkpoint straight into its shards."""
+  from flan_jax.trainer import unbox  # pylint: disable=import-outside-toplevel
+  shapes = _init_shapes(model)
+  boxed = jax.eval_shape(lambda r: model.get_initial_variables(r, shapes), jax.random.key(0))
+  shardings = partitioning.tree_shardings(boxed["params"], mesh)
+  return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      unbox(boxed["params"]), shardings)
+
+
+def inference_mesh(model_parallel: int = 1) -> Any:
+  """All devices: `model_parallel` ways over `model` (parameters split), the rest over `data`."""
+  return partitioning.create_mesh(data=-1, model=model_parallel)
+
+
 class LoadedModel:
-  """A model wrapper with its parameters placed on a data-parallel mesh."""
+  """A model wrapper with its parameters placed on a mesh (data-parallel by default)."""
 
   def __init__(self, model: Any, params: Any, *, batch_size: int = 8, mesh: Any = None):
     self.model = model
     self.vocabulary = model.vocabulary
-    self.mesh = partitioning.create_mesh(data=-1) if mesh is None else mesh
+    self.mesh = inference_mesh() if mesh is None else mesh
     self.batch_size = batch_size
-    self.params = jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
+    self.params = jax.device_put(params, jax.tree.map(lambda x: x.sharding,
+                                                      abstract_params(model, self.mesh)))
 
   def _rows(self, batch_size: int | None) -> int:
     divisor = partitioning.batch_divisor(self.mesh)
@@ -106,7 +132,7 @@ class LoadedModel:
             self.params, batch, jax.random.fold_in(rng, i), decode_method=decode,
             num_decodes=num_samples, max_decode_length=max_decode_length, temperature=temperature,
             topk=topk, topp=topp, beam_size=beam_size, alpha=alpha)
-        tokens = np.asarray(jax.device_get(tokens))[:n]
+        tokens = multihost_utils.process_allgather(tokens, tiled=True)[:n]
         if num_samples == 1:
           outputs.extend(self._detokenize(row) for row in tokens)
         else:
@@ -128,8 +154,8 @@ class LoadedModel:
     with jax.set_mesh(self.mesh):
       for n, batch in self._batches(inputs, target_ids, self._rows(batch_size), input_length,
                                     target_length):
-        scores.extend(float(s) for s in np.asarray(jax.device_get(
-            self.model.score_batch(self.params, batch)))[:n])
+        scores.extend(float(s) for s in multihost_utils.process_allgather(
+            self.model.score_batch(self.params, batch), tiled=True)[:n])
     return scores
 
   def _detokenize(self, ids: np.ndarray) -> str:
@@ -146,14 +172,15 @@ class LoadedModel:
     with `self` (same model wrapper), so comparing the two costs no extra compilation.
     """
     from flan_jax.trainer import unbox  # pylint: disable=import-outside-toplevel
-    shapes = {k: v.shape for k, v in self.model.make_batch([[1]], [[1]], 8, 8).items()}
+    shapes = _init_shapes(self.model)
     rng = jax.random.fold_in(jax.random.key(seed), 0)  # as Trainer.init_state
     with jax.set_mesh(self.mesh):
       params = unbox(jax.jit(lambda r: self.model.get_initial_variables(r, shapes))(rng)["params"])
     return LoadedModel(self.model, params, batch_size=self.batch_size, mesh=self.mesh)
 
 
-def load(path: str | Path, *, step: int | None = None, batch_size: int = 8) -> LoadedModel:
+def load(path: str | Path, *, step: int | None = None, batch_size: int = 8,
+         model_parallel: int = 1) -> LoadedModel:
   """Loads a checkpoint for inference: a flan_jax model dir, a T5X checkpoint or an HF folder.
 
   Args:
@@ -161,19 +188,23 @@ def load(path: str | Path, *, step: int | None = None, batch_size: int = 8) -> L
       checkpoint), or its `gs://` URL (copied locally first: `fetch_model_dir`); any other local
       path is converted on the fly (see `flan_jax.convert`).
     step: checkpoint step of a flan_jax model directory (default: the latest).
-    batch_size: rows per compiled batch for `generate` / `score` (rounded up to the device count).
+    batch_size: rows per compiled batch for `generate` / `score` (rounded up to the number of
+      data-parallel devices).
+    model_parallel: devices each parameter is split over (a divisor of the device count): for
+      models whose float32 parameters do not fit one device. The rest of the devices split batches.
   """
   from flan_jax import models  # pylint: disable=import-outside-toplevel
   if model_dir_lib.is_remote(path):
     path, step = fetch_model_dir(str(path), step)
   path = Path(path).expanduser()
+  mesh = inference_mesh(model_parallel)
   if not (path / model_dir_lib.SPEC_FILE).exists():
     from flan_jax.convert import auto  # pylint: disable=import-outside-toplevel
     spec, params = auto.load_any(str(path))
-    return LoadedModel(models.build_model(spec), params, batch_size=batch_size)
+    return LoadedModel(models.build_model(spec), params, batch_size=batch_size, mesh=mesh)
   model = models.build_model(model_dir_lib.read_spec(path), path)
-  params = model_dir_lib.restore_params(path, step)
-  return LoadedModel(model, params, batch_size=batch_size)
+  params = model_dir_lib.restore_params(path, step, target=abstract_params(model, mesh))
+  return LoadedModel(model, params, batch_size=batch_size, mesh=mesh)
 
 
 def fetch_model_dir(url: str, step: int | None = None,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import gin
+import jax
 from absl import flags
 
 from flan_jax import gin_utils
@@ -42,7 +43,8 @@ _INTS = {name: flags.DEFINE_integer(name, None, help_text) for name, help_text i
     ("num_samples", "Samples (or best beams) per prompt."),
     ("topk", "Sample among the k most likely tokens (0: all)."),
     ("beam_size", "Beams for --decode=beam."),
-    ("batch_size", "Prompts per device batch (rounded up to the device count)."),
+    ("batch_size", "Prompts per batch (rounded up to the number of data-parallel devices)."),
+    ("model_parallel", "Devices each parameter is split over, for models too big for one device."),
     ("seed", "Random seed for --decode=sample."),
     ("step", "Checkpoint step (default: latest)."),
 ]}
@@ -112,8 +114,11 @@ def infer(checkpoint: str | None = None, output_file: str | None = None, mode: s
           num_examples: int | None = None, decode: str = "greedy", max_decode_length: int = 64,
           num_samples: int = 1, temperature: float = 1.0, topk: int = 0, topp: float = 0.0,
           beam_size: int = 4, alpha: float = 0.6, batch_size: int = 8, seed: int = 0,
-          step: int | None = None) -> int:
-  """Runs inference over the inputs and writes one JSON line per input; returns the count."""
+          step: int | None = None, model_parallel: int = 1) -> int:
+  """Runs inference over the inputs and writes one JSON line per input; returns the count.
+
+  Under a multi-process runtime every process computes; process 0 writes the file.
+  """
   from flan_jax import api  # pylint: disable=import-outside-toplevel
   if checkpoint is None or output_file is None:
     raise InputError("--checkpoint and --output_file are required")
@@ -126,7 +131,7 @@ def infer(checkpoint: str | None = None, output_file: str | None = None, mode: s
   else:
     records = list(task_records(task, split, num_examples))
   records = records[:num_examples] if num_examples is not None else records
-  model = api.load(checkpoint, step=step, batch_size=batch_size)
+  model = api.load(checkpoint, step=step, batch_size=batch_size, model_parallel=model_parallel)
   prompts = [r["inputs"] for r in records]
   if mode == "score":
     for record, score in zip(records, model.score(prompts, [r["targets"] for r in records])):
@@ -137,10 +142,11 @@ def infer(checkpoint: str | None = None, output_file: str | None = None, mode: s
         temperature=temperature, topk=topk, topp=topp, beam_size=beam_size, alpha=alpha, seed=seed)
     for record, prediction in zip(records, predictions):
       record["prediction"] = prediction
-  Path(output_file).parent.mkdir(parents=True, exist_ok=True)
-  with open(output_file, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+  if jax.process_index() == 0:
+    Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(output_file, "w", encoding="utf-8") as f:
+      for record in records:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
   return len(records)
 
 

@@ -66,6 +66,19 @@ def test_api_score_is_target_log_likelihood(loaded):
     loaded.score(PROMPTS, ["yes"])
 
 
+def test_model_parallel_load_splits_parameters_and_decodes_the_same(model_dir, loaded):
+  """model_parallel=4 on 8 devices: mesh data=2 × model=4, the checkpoint restored into shards."""
+  split = api.load(model_dir, batch_size=4, model_parallel=4)
+  assert dict(split.mesh.shape) == {"data": 2, "fsdp": 1, "model": 4}
+  specs = [leaf.sharding.spec for leaf in jax.tree.leaves(split.params)]
+  assert any("model" in jax.tree.leaves(tuple(spec)) for spec in specs)
+  wi = split.params["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+  assert wi.addressable_shards[0].data.shape[1] == wi.shape[1] // 4  # the mlp axis split 4 ways
+  assert split.generate(PROMPTS, max_decode_length=8) == loaded.generate(PROMPTS, max_decode_length=8)
+  np.testing.assert_allclose(split.score(PROMPTS, ["yes", "danke", "4"]),
+                             loaded.score(PROMPTS, ["yes", "danke", "4"]), rtol=1e-3)
+
+
 def test_load_t5x_checkpoint_through_the_converter_hook():
   """`flan_jax.load` hands non-flan_jax directories to flan_jax.convert.auto.load_any."""
   import flan_jax  # pylint: disable=import-outside-toplevel
