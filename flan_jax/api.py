@@ -100,7 +100,7 @@ class LoadedModel:
       if chunk_tg is not None:
         chunk_tg = chunk_tg + [chunk_tg[-1]] * (rows - n)
       batch = self.model.make_batch(chunk_in, chunk_tg, input_length, target_length)
-      yield n, partitioning.host_to_global(batch, self.mesh)
+      yield n, partitioning.same_on_every_host_to_global(batch, self.mesh)
 
   def _input_length(self, inputs: list[list[int]], max_input_length: int | None) -> int:
     longest = max(len(x) for x in inputs)

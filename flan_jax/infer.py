@@ -25,7 +25,7 @@ import gin
 import jax
 from absl import flags
 
-from flan_jax import gin_utils
+from flan_jax import gin_utils, partitioning
 
 MODES = ("generate", "score")
 
@@ -151,6 +151,7 @@ def infer(checkpoint: str | None = None, output_file: str | None = None, mode: s
 
 
 def main() -> None:
+  partitioning.initialize_distributed()
   overrides = {name: flag.value for name, flag in {
       "checkpoint": _CHECKPOINT, "input_file": _INPUT_FILE, "output_file": _OUTPUT_FILE,
       "mode": _MODE, "decode": _DECODE, "task": _TASK, "split": _SPLIT,
@@ -160,7 +161,8 @@ def main() -> None:
   except (InputError, FileNotFoundError) as e:
     # gin appends "In call to configurable ..." lines; the first line is the message.
     raise SystemExit(f"error: {str(e).splitlines()[0]}") from None
-  print(f"wrote {count} lines")
+  if jax.process_index() == 0:
+    print(f"wrote {count} lines ({jax.process_count()} processes, {jax.device_count()} devices)")
 
 
 if __name__ == "__main__":

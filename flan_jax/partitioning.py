@@ -173,6 +173,19 @@ def host_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh,
   return out
 
 
+def same_on_every_host_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh,
+                                 rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES
+                                 ) -> dict[str, jax.Array]:
+  """A numpy batch that every process holds whole (inference prompts) → global jax.Arrays sharded
+  along `batch`; each process places only the rows its devices hold."""
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    out[key] = jax.make_array_from_callback(value.shape, batch_sharding(mesh, value.ndim, rules),
+                                            lambda index, v=value: v[index])
+  return out
+
+
 def describe(boxed_tree: Any, shardings: Any) -> list[dict[str, Any]]:
   """One record per parameter: path, shape, dtype, logical axes and mesh PartitionSpec."""
   is_box = lambda x: isinstance(x, nn.Partitioned)

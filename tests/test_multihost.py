@@ -77,3 +77,32 @@ def test_two_processes_match_one(tmp_path):
     assert result["restored_step"] == 4 and result["data"] == {"batches": 4}
   events = list((tmp_path / "tb").rglob("events.out.tfevents*"))
   assert len(events) == 1, events  # only process 0 writes summaries
+
+
+def test_two_processes_infer_with_split_parameters(tiny_t5_model_dir, tmp_path):
+  """`python -m flan_jax.infer --model_parallel=2` on 2 processes × 4 devices predicts what one
+  process predicts: prompts are not doubled across hosts, results are gathered, host 0 writes."""
+  from flan_jax import api  # pylint: disable=import-outside-toplevel
+  prompts = ["Is 12 even? OPTIONS: - yes - no", "Translate to German: thank you", "2 + 2 ="]
+  (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+  out = tmp_path / "out.jsonl"
+  port = _free_port()
+  flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+  procs = []
+  for i in range(2):
+    env = {**os.environ, "FLAN_JAX_COORDINATOR": f"127.0.0.1:{port}",
+           "FLAN_JAX_NUM_PROCESSES": "2", "FLAN_JAX_PROCESS_ID": str(i),
+           "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=4".strip()}
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "flan_jax.infer", f"--checkpoint={tiny_t5_model_dir}",
+         f"--input_file={tmp_path / 'prompts.txt'}", f"--output_file={out}", "--model_parallel=2",
+         "--max_decode_length=8", "--batch_size=4"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  logs = []
+  for proc in procs:
+    log, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, log[-3000:]
+    logs.append(log)
+  assert ["wrote 3 lines (2 processes, 8 devices)" in log for log in logs] == [True, False]
+  written = [json.loads(line)["prediction"] for line in out.read_text().splitlines()]
+  assert written == api.load(tiny_t5_model_dir, batch_size=4).generate(prompts, max_decode_length=8)

@@ -77,3 +77,12 @@ def test_dump_lists_every_parameter(tmp_path):
                                "logical_axes": ["embed", "mlp"], "mesh_axes": ["fsdp", "model"]}
   assert records["bias"]["logical_axes"] is None and records["bias"]["mesh_axes"] == []
   assert "kernel" in (tmp_path / "partitioning.txt").read_text()
+
+
+def test_a_batch_every_host_holds_becomes_one_global_batch():
+  """Inference prompts: every process holds all rows; the global array is that batch, not copies."""
+  mesh = partitioning.create_mesh(data=4, model=2)
+  batch = {"tokens": np.arange(8 * 3, dtype=np.int32).reshape(8, 3)}
+  out = partitioning.same_on_every_host_to_global(batch, mesh)["tokens"]
+  assert out.shape == (8, 3) and out.sharding.spec == P("data", None)
+  np.testing.assert_array_equal(np.asarray(out), batch["tokens"])
