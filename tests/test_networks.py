@@ -403,3 +403,23 @@ def test_attention_scores_dtype_reaches_t5_and_decoder_attention(t5_net, lm_net)
   lm_bf16 = decoder.DecoderOnly(dataclasses.replace(lm.config, attention_scores_dtype="bfloat16"))
   other = np.asarray(lm_bf16.apply({"params": lm_params}, tokens, tokens, enable_dropout=False))
   assert 0 < _max_diff(other, full) < 0.05 * np.max(np.abs(full))
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.3])
+def test_attention_dropout_rate_scale_independence_and_determinism(rate):
+  """16 random bits per decision: the keep fraction is 1 - rate, the kept weights are scaled so
+  the mean is unchanged, the two halves of one random word decide independently, and the mask is
+  a function of the key only (odd key length included)."""
+  weights = jnp.ones((4, 6, 64, 513), jnp.float32)
+  out = np.asarray(layers.attention_dropout(weights, rate, jax.random.key(0)))
+  dropped = out == 0
+  sigma = np.sqrt(rate * (1 - rate) / dropped.size)
+  assert abs(dropped.mean() - rate) < 4 * sigma
+  assert abs(out.mean() - 1.0) < 4 * sigma / (1 - rate)
+  np.testing.assert_allclose(out[~dropped], 1.0 / (1.0 - rate), rtol=1e-4)
+  # Column j and column j + 257 come from the low and high halves of the same 32-bit word.
+  both = (dropped[..., :256] & dropped[..., 257:]).mean()
+  assert abs(both - rate ** 2) < 4 * np.sqrt(rate ** 2 / dropped[..., :256].size)
+  again = np.asarray(layers.attention_dropout(weights, rate, jax.random.key(0)))
+  np.testing.assert_array_equal(again, out)
+  assert (np.asarray(layers.attention_dropout(weights, rate, jax.random.key(1))) != out).any()
