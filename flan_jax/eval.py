@@ -19,9 +19,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax
 from absl import flags
 
-from flan_jax import gin_utils
+from flan_jax import gin_utils, partitioning
 from flan_jax.evaluation import benchmarks
 from flan_jax.evaluation import report
 from flan_jax.evaluation import runner
@@ -48,6 +49,9 @@ _TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature (se
 _TOPK = flags.DEFINE_integer("topk", None, "Top-k for sampling (self-consistency).", **_SHARED)
 _MAX_DECODE = flags.DEFINE_integer("max_decode_length", None, "Longest output in tokens.", **_SHARED)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Prompts per device batch.", **_SHARED)
+_MODEL_PARALLEL = flags.DEFINE_integer(
+    "model_parallel", None, "Devices each parameter is split over, for models too big for one "
+    "device.", **_SHARED)
 _MODEL_NAME = flags.DEFINE_string("model_name", None, "Row name in table.md (default: checkpoint name).")
 
 
@@ -102,13 +106,14 @@ def read_predictions(path: Path, known_ids: set[str], suite: str) -> dict[str, l
 
 
 def model_predictions(model_path: str, examples: Sequence[benchmarks.Example], *,
-                      rank: bool, decode_overrides: dict) -> dict[str, list[str]]:
+                      rank: bool, decode_overrides: dict, model_parallel: int = 1
+                      ) -> dict[str, list[str]]:
   """Loads the model (flan_jax.api.load) and predicts every example."""
   from flan_jax import api  # pylint: disable=import-outside-toplevel
   if not Path(model_path).exists():
     raise BenchmarkInputError(f"--checkpoint {model_path} does not exist: pass a model directory "
                               f"(flan_jax, T5X or Hugging Face).")
-  model = api.load(model_path)
+  model = api.load(model_path, model_parallel=model_parallel)
   predictions: dict[str, list[str]] = {}
   to_decode = list(examples)
   if rank:
@@ -139,8 +144,12 @@ def main() -> None:
     overrides = {name: flag.value for name, flag in (
         ("num_samples", _NUM_SAMPLES), ("temperature", _TEMPERATURE), ("topk", _TOPK),
         ("max_decode_length", _MAX_DECODE), ("batch_size", _BATCH_SIZE)) if flag.value is not None}
+    partitioning.initialize_distributed()
     predictions = model_predictions(_CHECKPOINT.value, examples, rank=_RANK.value,
-                                    decode_overrides=overrides)
+                                    decode_overrides=overrides,
+                                    model_parallel=_MODEL_PARALLEL.value or 1)
+    if jax.process_index() > 0:
+      return  # every host computed the same predictions; host 0 reports them
     model_name = _MODEL_NAME.value or Path(_CHECKPOINT.value).name
   elif _DUMP.value:
     return

@@ -63,6 +63,11 @@ def test_readme_commands(repo_root, model_dir, tmp_path):
   assert "| Model | MMLU Direct | MMLU CoT | BBH Direct | BBH CoT | TyDiQA Direct | MGSM CoT |" in (
       results / "table.md").read_text()
 
+  # Parameters split over 2 devices (mesh data=4 × model=2) predict the same.
+  _run(checkpoint.replace("$EVAL_DIR/model", "$EVAL_DIR/split") + " --model_parallel=2", env, repo_root)
+  assert (tmp_path / "split" / "predictions.jsonl").read_text() == (
+      results / "predictions.jsonl").read_text()
+
 
 def test_unknown_prediction_id_is_one_clear_error(tmp_path):
   path = tmp_path / "p.jsonl"
