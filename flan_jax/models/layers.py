@@ -70,14 +70,45 @@ def _einsum_f32_acc_fwd(spec: str, a: Array, b: Array) -> tuple[Array, tuple[Arr
   return _einsum_f32_acc(spec, a, b), (a, b)
 
 
+def _expand_ellipsis(spec: str, ndim: int) -> str:
+  """'...ab' → 'ABab' for a rank-4 operand (einsum's '...' as explicit uppercase letters)."""
+  return spec.replace("...", "ABCDEFGH"[:ndim - len(spec) + 3]) if "..." in spec else spec
+
+
+def _contract(spec_x: str, x: Array, spec_y: str, y: Array, out_spec: str) -> Array:
+  """einsum(f'{spec_x},{spec_y}->{out_spec}') as one float32-accumulated dot_general, with the
+  operands in the order whose natural output (batch, x-free, y-free dims) is `out_spec` when
+  either order gives it.
+
+  Which operand comes first decides the orientation of the product XLA computes: the attention
+  values' gradient (cotangent · probabilities over q) written as [.., head_dim, k] needs no
+  transpose, while the [.., k, head_dim] orientation makes XLA:CPU transpose the float32
+  [batch, heads, q, k] probabilities first (a full copy of the largest tensor of each layer).
+  """
+  def natural(sx, sy):
+    return ("".join(c for c in sx if c in sy and c in out_spec)
+            + "".join(c for c in sx if c not in sy) + "".join(c for c in sy if c not in sx))
+  if natural(spec_x, spec_y) != out_spec and natural(spec_y, spec_x) == out_spec:
+    spec_x, x, spec_y, y = spec_y, y, spec_x, x
+  batch = [c for c in spec_x if c in spec_y and c in out_spec]
+  summed = [c for c in spec_x if c in spec_y and c not in out_spec]
+  dims = (([spec_x.index(c) for c in summed], [spec_y.index(c) for c in summed]),
+          ([spec_x.index(c) for c in batch], [spec_y.index(c) for c in batch]))
+  out = jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.float32)
+  order = natural(spec_x, spec_y)
+  return out if order == out_spec else jnp.transpose(out, [order.index(c) for c in out_spec])
+
+
 def _einsum_f32_acc_bwd(spec: str, residuals: tuple[Array, Array],
                         grad: Array) -> tuple[Array, Array]:
   a, b = residuals
   inputs, out = spec.split("->")
   spec_a, spec_b = inputs.split(",")
+  spec_a, spec_b = _expand_ellipsis(spec_a, a.ndim), _expand_ellipsis(spec_b, b.ndim)
+  out = _expand_ellipsis(out, grad.ndim)
   grad = grad.astype(a.dtype)
-  grad_a = jnp.einsum(f"{out},{spec_b}->{spec_a}", grad, b, preferred_element_type=jnp.float32)
-  grad_b = jnp.einsum(f"{spec_a},{out}->{spec_b}", a, grad, preferred_element_type=jnp.float32)
+  grad_a = _contract(out, grad, spec_b, b, spec_a)
+  grad_b = _contract(spec_a, a, out, grad, spec_b)
   return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
 
 
@@ -526,7 +557,14 @@ class MultiHeadAttention(nn.Module):
       weights = jax.nn.softmax(logits, axis=-1)
     if not deterministic and self.dropout_rate > 0:
       weights = attention_dropout(weights, self.dropout_rate, self.make_rng("dropout"))
-    out = mixed_einsum("bkgqs,bskd->bqkgd", weights, value, self.dtype,
+    # Values as [batch, kv_heads, head_dim, k]: their gradient then comes out of the backward
+    # product in this orientation, and XLA:CPU does not transpose the float32 [.., q, k]
+    # probabilities to compute it (see `_contract`). Bit-identical results; T5-small encoder
+    # attention forward + backward 432 → 409 ms (interleaved A/B, load 2.7). Keys stay
+    # [batch, k, kv_heads, head_dim]: XLA:CPU has no bf16 × bf16 → f32 kernel for the scores
+    # product with keys as [.., head_dim, k].
+    value = jnp.transpose(value, (0, 2, 3, 1))
+    out = mixed_einsum("bkgqs,bkds->bqkgd", weights, value, self.dtype,
                        BATCHED_DOT_NAME).astype(self.dtype)
     out = out.reshape(batch, q_len, self.num_heads, self.head_dim)
     return nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
