@@ -49,6 +49,20 @@ def _fed_token(sequences: jax.Array, i: jax.Array) -> jax.Array:
   return jnp.where(i > 0, prev, jnp.zeros_like(prev))
 
 
+def argmax_last(logits: jax.Array) -> jax.Array:
+  """jnp.argmax(logits, axis=-1), int32: the first index of the maximum (of the first NaN, if any).
+
+  Written as a max and a min over indices rather than jnp.argmax: XLA:CPU lowers argmax to one
+  variadic (value, index) reduce that it does not vectorize. At [8, 32128] inside the greedy decode
+  loop that reduce took 1.21 ms per step against 0.25 ms for this form (micro-benchmark, 2-core
+  CPU, load 2.9): about 4% of a Flan-T5-small decode step.
+  """
+  vocab = logits.shape[-1]
+  best = jnp.max(logits, axis=-1, keepdims=True)
+  hit = (logits == best) | jnp.isnan(logits)
+  return jnp.min(jnp.where(hit, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+
+
 def _is_static_zero(x: float | jax.Array) -> bool:
   return isinstance(x, (int, float)) and x <= 0
 
@@ -100,7 +114,7 @@ def temperature_sample(tokens_to_logits: TokensToLogits, cache: Any, *, rows: in
     rng, step_rng = jax.random.split(rng)
     logits = logits.astype(jnp.float32)
     if greedy:
-      sampled = jnp.argmax(logits, axis=-1)
+      sampled = argmax_last(logits)
     else:
       filtered = filter_logits(logits / temperature, topk=topk, topp=topp)
       sampled = jax.random.categorical(step_rng, filtered, axis=-1)

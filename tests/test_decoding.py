@@ -128,6 +128,21 @@ def test_sampling_varies_and_log_likelihood_matches(toy):
   np.testing.assert_allclose(float(logprob[0]), expected, rtol=1e-5)
 
 
+def test_argmax_last_equals_jnp_argmax_with_ties_and_nan():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(6, 1000)).astype(np.float32)
+  logits[1, [7, 300, 999]] = 50.0  # tie: the first index wins
+  logits[2, :] = -3.0  # all equal
+  logits[3, [10, 20]] = np.nan  # NaN counts as the maximum
+  logits[4, -1] = np.inf
+  logits[5, [0, 5]] = [np.inf, np.inf]
+  for dtype in (jnp.float32, jnp.bfloat16):
+    x = jnp.asarray(logits, dtype)
+    got = jax.jit(decoding.argmax_last)(x)
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.argmax(x, axis=-1)))
+
+
 def test_filter_logits_topk_and_topp():
   logits = jnp.log(jnp.array([[0.5, 0.25, 0.15, 0.1]]))
   kept = lambda x: (np.asarray(x)[0] > decoding.NEG_INF / 2).tolist()
