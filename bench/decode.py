@@ -7,9 +7,11 @@ tokens per sequence (pad and EOS get zero output columns on both sides, so neith
 flan_jax runs `predict_batch` (jitted, KV cache, bf16 activations); Hugging Face runs
 `generate(num_beams=1, do_sample=False)` with its cache, in float32 and under bf16 autocast, and
 the faster of the two is the reference. Each side runs in its own process.
-The last line is JSON: tokens/s of both, `vs_hf` (flan_jax / HF tokens/s), time to first decode
-(flan_jax: compile + run), peak memory, and the 1-minute load average before each side ran (the
-machine may be shared: compare ratios only from runs at similar load).
+The last line is JSON: tokens/s of both, `vs_hf` (flan_jax / HF tokens/s), flan_jax's split of a
+decode into the encoder call (`jax_encode_s`, timed alone) and the rest per generated position
+(`jax_step_ms`), time to first decode (flan_jax: compile + run), peak memory, and the 1-minute
+load average before each side ran (the machine may be shared: compare ratios only from runs at
+similar load).
 """
 from __future__ import annotations
 
@@ -64,13 +66,22 @@ def run_jax(args) -> dict:
   def decode():
     return np.asarray(model.predict_batch(params, batch, max_decode_length=args.decode_length))
 
+  encode_jit = jax.jit(lambda p, tokens: model.module.apply(
+      {"params": p}, tokens, enable_dropout=False, method=model.module.encode))
+
+  def encode():
+    return encode_jit(params, inputs).block_until_ready()
+
   load = os.getloadavg()[0]
   start = time.perf_counter()
   first = decode()
   first_s = time.perf_counter() - start
   seconds = common.median(common.timed(decode, args.repeats))
+  encode()
+  encode_s = common.median(common.timed(encode, args.repeats))
   generated = int((first != 0).sum())
   return {"seconds": seconds, "load_avg": load, "tokens_per_s": args.batch * args.decode_length / seconds,
+          "encode_s": encode_s, "step_ms": 1e3 * (seconds - encode_s) / args.decode_length,
           "first_decode_s": first_s, "generated_tokens": generated,
           "peak_rss_gib": common.peak_rss_bytes() / 2 ** 30}
 
@@ -121,6 +132,7 @@ def main() -> None:
       "jax_tokens_per_s": round(jax_r["tokens_per_s"], 1),
       "hf_tokens_per_s": round(torch_r["tokens_per_s"], 1), "hf_dtype": torch_r["best"],
       "vs_hf": round(jax_r["tokens_per_s"] / torch_r["tokens_per_s"], 3),
+      "jax_encode_s": round(jax_r["encode_s"], 3), "jax_step_ms": round(jax_r["step_ms"], 2),
       "jax_first_decode_s": round(jax_r["first_decode_s"], 2),
       "hf_first_decode_s": round(torch_r["first_decode_s"], 2),
       "jax_peak_rss_gib": round(jax_r["peak_rss_gib"], 2),
