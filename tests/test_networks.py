@@ -408,8 +408,8 @@ def test_attention_scores_dtype_reaches_t5_and_decoder_attention(t5_net, lm_net)
 @pytest.mark.parametrize("rate", [0.05, 0.3])
 def test_attention_dropout_rate_scale_independence_and_determinism(rate):
   """16 random bits per decision: the keep fraction is 1 - rate, the kept weights are scaled so
-  the mean is unchanged, the two halves of one random word decide independently, and the mask is
-  a function of the key only (odd key length included)."""
+  the mean is unchanged, the four quarters of one threefry block decide independently, and the
+  mask is a function of the key only (a key length that is not a multiple of 4 included)."""
   weights = jnp.ones((4, 6, 64, 513), jnp.float32)
   out = np.asarray(layers.attention_dropout(weights, rate, jax.random.key(0)))
   dropped = out == 0
@@ -417,9 +417,10 @@ def test_attention_dropout_rate_scale_independence_and_determinism(rate):
   assert abs(dropped.mean() - rate) < 4 * sigma
   assert abs(out.mean() - 1.0) < 4 * sigma / (1 - rate)
   np.testing.assert_allclose(out[~dropped], 1.0 / (1.0 - rate), rtol=1e-4)
-  # Column j and column j + 257 come from the low and high halves of the same 32-bit word.
-  both = (dropped[..., :256] & dropped[..., 257:]).mean()
-  assert abs(both - rate ** 2) < 4 * np.sqrt(rate ** 2 / dropped[..., :256].size)
+  # Columns j, j + 129, j + 258 and j + 387 come from the same threefry block (129 = ceil(513 / 4)).
+  for offset in (129, 258, 387):
+    both = (dropped[..., :126] & dropped[..., offset:offset + 126]).mean()
+    assert abs(both - rate ** 2) < 4 * np.sqrt(rate ** 2 / dropped[..., :126].size)
   again = np.asarray(layers.attention_dropout(weights, rate, jax.random.key(0)))
   np.testing.assert_array_equal(again, out)
   assert (np.asarray(layers.attention_dropout(weights, rate, jax.random.key(1))) != out).any()
@@ -444,3 +445,14 @@ def test_mixed_einsum_gradients_equal_autodiff(spec, shape_a, shape_b):
   for x, y in zip(jax.jit(ours)(a, b), jax.jit(ref)(a, b)):
     assert x.shape == y.shape
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+
+
+def test_threefry2x32_equals_jax_threefry():
+  """The fused hash behind attention_dropout is jax's Threefry-2x32, bit for bit."""
+  from jax.extend.random import threefry2x32_p  # pylint: disable=import-outside-toplevel
+  words = np.random.default_rng(0).integers(0, 2 ** 32, (4, 1000), dtype=np.uint64).astype(np.uint32)
+  k0, k1 = jnp.uint32(words[0, 0]), jnp.uint32(words[1, 0])
+  x0, x1 = jnp.asarray(words[2]), jnp.asarray(words[3])
+  for ours, theirs in zip(jax.jit(layers._threefry2x32)(k0, k1, x0, x1),
+                          threefry2x32_p.bind(k0, k1, x0, x1)):
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
