@@ -7,7 +7,9 @@ Same shapes on both sides (T5 v1.1 small: 8+8 layers, d_model 512, d_ff 1,024, 6
 real `trainer.Trainer` step (bf16 activations, f32 params, donated state); PyTorch runs
 `T5ForConditionalGeneration` under bf16 autocast. Each side runs in its own process.
 MFU = analytic model FLOPs per second / the bf16 × bf16 → f32 matmul peak measured in the same
-JAX process just before the step (so a busy machine lowers both alike).
+JAX process, the better of a measurement just before compiling the step and one just after timing
+it (so a busy machine lowers both alike, and a load spike during one peak measurement does not
+inflate the MFU).
 The last line is JSON: tokens/s of both, `vs_torch`, `mfu`, `compile_s` (XLA compile of the step),
 `first_step_s` (time to first step, compile included), `peak_mem_bytes` (peak RSS of the flan_jax
 process), `xla_step_bytes` (arguments + temporaries of the compiled step) and the load average.
@@ -80,6 +82,7 @@ def run_jax(args) -> dict:
     jax.block_until_ready(metrics)
 
   step_s = common.median(common.timed(steps, 3)) / args.steps
+  peak = max(peak, common.jax_bf16_matmul_peak())
   lengths = {"inputs": args.inputs, "targets": args.targets}
   flops = args.batch * (estimate_flops_per_example(trainer.abstract_params, lengths)
                         + compile_lib.attention_flops_per_example(config, lengths))
