@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax.models import configs, decoder, layers, t5
+from flan_jax.models import configs, decoder, dropout, layers, t5
 
 VOCAB = 64
 LOGICAL_AXES = {"batch", "length", "embed", "mlp", "heads", "kv", "vocab", "layers",
@@ -411,7 +411,7 @@ def test_attention_dropout_rate_scale_independence_and_determinism(rate):
   the mean is unchanged, the four quarters of one threefry block decide independently, and the
   mask is a function of the key only (a key length that is not a multiple of 4 included)."""
   weights = jnp.ones((4, 6, 64, 513), jnp.float32)
-  out = np.asarray(layers.attention_dropout(weights, rate, jax.random.key(0)))
+  out = np.asarray(dropout.attention_dropout(weights, rate, jax.random.key(0)))
   dropped = out == 0
   sigma = np.sqrt(rate * (1 - rate) / dropped.size)
   assert abs(dropped.mean() - rate) < 4 * sigma
@@ -421,9 +421,9 @@ def test_attention_dropout_rate_scale_independence_and_determinism(rate):
   for offset in (129, 258, 387):
     both = (dropped[..., :126] & dropped[..., offset:offset + 126]).mean()
     assert abs(both - rate ** 2) < 4 * np.sqrt(rate ** 2 / dropped[..., :126].size)
-  again = np.asarray(layers.attention_dropout(weights, rate, jax.random.key(0)))
+  again = np.asarray(dropout.attention_dropout(weights, rate, jax.random.key(0)))
   np.testing.assert_array_equal(again, out)
-  assert (np.asarray(layers.attention_dropout(weights, rate, jax.random.key(1))) != out).any()
+  assert (np.asarray(dropout.attention_dropout(weights, rate, jax.random.key(1))) != out).any()
 
 
 @pytest.mark.parametrize("spec,shape_a,shape_b", [
@@ -453,6 +453,6 @@ def test_threefry2x32_equals_jax_threefry():
   words = np.random.default_rng(0).integers(0, 2 ** 32, (4, 1000), dtype=np.uint64).astype(np.uint32)
   k0, k1 = jnp.uint32(words[0, 0]), jnp.uint32(words[1, 0])
   x0, x1 = jnp.asarray(words[2]), jnp.asarray(words[3])
-  for ours, theirs in zip(jax.jit(layers._threefry2x32)(k0, k1, x0, x1),
+  for ours, theirs in zip(jax.jit(dropout._threefry2x32)(k0, k1, x0, x1),
                           threefry2x32_p.bind(k0, k1, x0, x1)):
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
