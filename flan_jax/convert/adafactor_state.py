@@ -34,6 +34,7 @@ import jax
 import numpy as np
 import optax
 
+from flan_jax import optim
 from flan_jax.convert import params as params_lib
 
 _STAT_FIELDS = ("v_row", "v_col", "v", "m")
@@ -165,7 +166,7 @@ def optax_factored_dims(shape: tuple[int, ...], v_shape: tuple[int, ...]) -> tup
   """
   if len(shape) < 2 or tuple(v_shape) == tuple(shape):
     return None
-  return heuristic_dims(shape, 0)
+  return optim.factored_dims(shape, min_dim_size_to_factor=0)
 
 
 def _refactor(moment: Moment, shape: tuple[int, ...], dims: tuple[int, int] | None, report: Counter
@@ -306,14 +307,6 @@ def _find(tree: Any, fields: tuple[str, ...]) -> dict[str, Any] | None:
   return next((found for child in children if (found := _find(child, fields)) is not None), None)
 
 
-def heuristic_dims(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[int, int] | None:
-  """T5X's (and optax's) default factoring: the two largest axes when the smaller is big enough."""
-  if len(shape) < 2:
-    return None
-  order = np.argsort(shape)
-  return (int(order[-2]), int(order[-1])) if shape[order[-2]] >= min_dim_size_to_factor else None
-
-
 def export_param_states(opt_state: Any, params: Mapping[str, np.ndarray],
                         t5x_shapes: Mapping[str, tuple[int, ...]], min_dim_size_to_factor: int = 128
                         ) -> tuple[dict[str, dict[str, np.ndarray]], Counter]:
@@ -350,8 +343,8 @@ def export_param_states(opt_state: Any, params: Mapping[str, np.ndarray],
   out = {}
   one = np.zeros(1, np.float32)
   for name, shape in t5x_shapes.items():
-    values = _refactor(moments[name], tuple(shape), heuristic_dims(tuple(shape), min_dim_size_to_factor),
-                       report)
+    dims = optim.factored_dims(tuple(shape), min_dim_size_to_factor=min_dim_size_to_factor)
+    values = _refactor(moments[name], tuple(shape), dims, report)
     state = {k: one if v is None else np.asarray(v, np.float32)
              for k, v in zip(("v_row", "v_col", "v"), values)}
     state["m"] = np.asarray(momenta[name], np.float32).reshape(shape) if name in momenta else one
