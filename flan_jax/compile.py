@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -197,6 +198,7 @@ def _short_op_name(op_name: str) -> str:
   without the wrappers every name shares."""
   for noise in ("jit(_train_step)/", "while/body/", "closed_call/", "checkpoint/"):
     op_name = op_name.replace(noise, "")
+  op_name = re.sub(r"cond/branch_\d+_fun/", "", op_name)  # jax.lax.platform_dependent's
   return op_name.replace("transpose(jvp(", "backward(").replace("jvp(", "forward(")
 
 

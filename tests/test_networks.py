@@ -445,6 +445,34 @@ def test_mixed_einsum_gradients_equal_autodiff(spec, shape_a, shape_b):
   for x, y in zip(jax.jit(ours)(a, b), jax.jit(ref)(a, b)):
     assert x.shape == y.shape
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+  # The plain einsums other platforms run (platform_dependent picks the untransposed ones on CPU).
+  spec_in, out = spec.split("->")
+  spec_a, spec_b = (layers._expand_ellipsis(sp, x.ndim) for sp, x in zip(spec_in.split(","), (a, b)))
+  specs = (spec_a, spec_b, layers._expand_ellipsis(out, cot.ndim))
+  for x, y in zip(layers._grads_plain(*specs, a, b, cot), layers._grads_untransposed(*specs, a, b, cot)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+
+
+def test_probs_times_values_forms_agree():
+  """The CPU form (values as [batch, kv_heads, head_dim, k]) and the plain one other platforms
+  run give the same output and gradients."""
+  kw, kv = jax.random.split(jax.random.key(0))
+  weights = jax.nn.softmax(jax.random.normal(kw, (2, 3, 2, 5, 7)), axis=-1)
+  value = jax.random.normal(kv, (2, 7, 3, 4))
+  loss = lambda f: lambda w, v: jnp.sum(f(w, v, jnp.float32) ** 2)
+  for x, y in zip(jax.grad(loss(layers.probs_times_values), (0, 1))(weights, value),
+                  jax.grad(loss(layers.probs_times_values_untransposed), (0, 1))(weights, value)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(layers.probs_times_values(weights, value, jnp.float32)),
+                             np.asarray(layers.probs_times_values_untransposed(weights, value,
+                                                                              jnp.float32)),
+                             rtol=1e-6)
+
+
+def test_bernoulli_dropout_other_platforms_use_keeps_the_mean():
+  weights = jnp.ones((4, 64, 512), jnp.float32)
+  out = np.asarray(dropout.bernoulli_dropout(weights, 0.1, jax.random.key(0)))
+  assert abs((out == 0).mean() - 0.1) < 0.01 and abs(out.mean() - 1.0) < 0.02
 
 
 def test_threefry2x32_equals_jax_threefry():

@@ -101,16 +101,33 @@ def _contract(spec_x: str, x: Array, spec_y: str, y: Array, out_spec: str) -> Ar
   return out if order == out_spec else jnp.transpose(out, [order.index(c) for c in out_spec])
 
 
+def _grads_untransposed(spec_a: str, spec_b: str, out: str, a: Array, b: Array,
+                        grad: Array) -> tuple[Array, Array]:
+  """Both gradients of einsum(spec_a, spec_b -> out), each product oriented to need no transpose."""
+  return _contract(out, grad, spec_b, b, spec_a), _contract(spec_a, a, out, grad, spec_b)
+
+
+def _grads_plain(spec_a: str, spec_b: str, out: str, a: Array, b: Array,
+                 grad: Array) -> tuple[Array, Array]:
+  """The same gradients as einsums, leaving the orientation to the compiler."""
+  return (jnp.einsum(f"{out},{spec_b}->{spec_a}", grad, b, preferred_element_type=jnp.float32),
+          jnp.einsum(f"{spec_a},{out}->{spec_b}", a, grad, preferred_element_type=jnp.float32))
+
+
 def _einsum_f32_acc_bwd(spec: str, residuals: tuple[Array, Array],
                         grad: Array) -> tuple[Array, Array]:
+  """The untransposed products on CPU only: on TPU they made XLA lay out the attention backward
+  worse (Flan-T5-XXL on v4-64, `python -m flan_jax.compile`: est. MFU 53% → 47% with them)."""
   a, b = residuals
   inputs, out = spec.split("->")
   spec_a, spec_b = inputs.split(",")
   spec_a, spec_b = _expand_ellipsis(spec_a, a.ndim), _expand_ellipsis(spec_b, b.ndim)
   out = _expand_ellipsis(out, grad.ndim)
   grad = grad.astype(a.dtype)
-  grad_a = _contract(out, grad, spec_b, b, spec_a)
-  grad_b = _contract(spec_a, a, out, grad, spec_b)
+  specs = (spec_a, spec_b, out)
+  grad_a, grad_b = jax.lax.platform_dependent(
+      a, b, grad, cpu=functools.partial(_grads_untransposed, *specs),
+      default=functools.partial(_grads_plain, *specs))
   return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
 
 
@@ -408,6 +425,24 @@ def run_layers(parent_cfg: Any, layer_cls: type[nn.Module], num_layers: int, x: 
 
 # ---- Attention ------------------------------------------------------------------------------------
 
+def probs_times_values(weights: Array, value: Array, dtype: Any) -> Array:
+  """[batch, kv_heads, groups, q, k] weights · [batch, k, kv_heads, head_dim] values, f32 out."""
+  return mixed_einsum("bkgqs,bskd->bqkgd", weights, value, dtype, BATCHED_DOT_NAME)
+
+
+def probs_times_values_untransposed(weights: Array, value: Array, dtype: Any) -> Array:
+  """`probs_times_values` with the values as [batch, kv_heads, head_dim, k], the CPU choice.
+
+  Their gradient then comes out of the backward product in this orientation, and XLA:CPU does not
+  transpose the float32 [.., q, k] probabilities to compute it (see `_contract`). Bit-identical;
+  T5-small encoder attention forward + backward 432 → 409 ms (interleaved A/B, load 2.7). Keys
+  stay [batch, k, kv_heads, head_dim]: XLA:CPU has no bf16 × bf16 → f32 kernel for the scores
+  product with keys as [.., head_dim, k]. On TPU the plain form lays out better.
+  """
+  return mixed_einsum("bkgqs,bkds->bqkgd", weights, jnp.transpose(value, (0, 2, 3, 1)), dtype,
+                      BATCHED_DOT_NAME)
+
+
 class MultiHeadAttention(nn.Module):
   """Dot-product attention with num_kv_heads ≤ num_heads (MHA, GQA, or MQA when 1).
 
@@ -548,14 +583,8 @@ class MultiHeadAttention(nn.Module):
       weights = jax.nn.softmax(logits, axis=-1)
     if not deterministic and self.dropout_rate > 0:
       weights = attention_dropout(weights, self.dropout_rate, self.make_rng("dropout"))
-    # Values as [batch, kv_heads, head_dim, k]: their gradient then comes out of the backward
-    # product in this orientation, and XLA:CPU does not transpose the float32 [.., q, k]
-    # probabilities to compute it (see `_contract`). Bit-identical results; T5-small encoder
-    # attention forward + backward 432 → 409 ms (interleaved A/B, load 2.7). Keys stay
-    # [batch, k, kv_heads, head_dim]: XLA:CPU has no bf16 × bf16 → f32 kernel for the scores
-    # product with keys as [.., head_dim, k].
-    value = jnp.transpose(value, (0, 2, 3, 1))
-    out = mixed_einsum("bkgqs,bkds->bqkgd", weights, value, self.dtype,
-                       BATCHED_DOT_NAME).astype(self.dtype)
+    out = jax.lax.platform_dependent(
+        weights, value, cpu=functools.partial(probs_times_values_untransposed, dtype=self.dtype),
+        default=functools.partial(probs_times_values, dtype=self.dtype)).astype(self.dtype)
     out = out.reshape(batch, q_len, self.num_heads, self.head_dim)
     return nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
