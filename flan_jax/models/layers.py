@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 
+from flan_jax import reductions
 from flan_jax.models.dropout import attention_dropout
 
 Array = jax.Array
@@ -263,19 +264,8 @@ def _add_broadcast_bias_fwd(logits: Array, bias: Array) -> tuple[Array, int]:
   return logits + bias, bias.shape[0]
 
 
-def _sum_rows(x: Array) -> Array:
-  """x.sum(axis=0, keepdims=True): on CPU as the matrix-vector product ones · x (see
-  `_add_broadcast_bias`); XLA:TPU fuses a plain reduction with the producer of x, which a
-  matmul operand would have to be written out for, so other platforms keep the reduction."""
-  def matvec(x):
-    ones = jnp.ones((x.shape[0],), x.dtype)
-    return jnp.einsum("b,b...->...", ones, x, precision=jax.lax.Precision.HIGHEST)[None]
-  return jax.lax.platform_dependent(x, cpu=matvec,
-                                    default=lambda x: jnp.sum(x, axis=0, keepdims=True))
-
-
 def _add_broadcast_bias_bwd(bias_rows: int, grad: Array) -> tuple[Array, Array]:
-  return grad, grad if bias_rows == grad.shape[0] else _sum_rows(grad)
+  return grad, grad if bias_rows == grad.shape[0] else reductions.sum_over(grad, 0, keepdims=True)
 
 
 _add_broadcast_bias.defvjp(_add_broadcast_bias_fwd, _add_broadcast_bias_bwd)
@@ -313,7 +303,7 @@ def _biased_softmax_bwd(residuals: tuple[Array, Array | None],
   dx = p * (g - jnp.sum(g * p, axis=-1, keepdims=True))
   dbias = None
   if bias is not None:
-    dbias = dx if bias.shape[0] == dx.shape[0] else _sum_rows(dx)
+    dbias = dx if bias.shape[0] == dx.shape[0] else reductions.sum_over(dx, 0, keepdims=True)
     dbias = dbias.astype(bias.dtype)
   return dx.astype(probs.dtype), dbias, None
 
