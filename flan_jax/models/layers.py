@@ -439,7 +439,7 @@ class MultiHeadAttention(nn.Module):
   `scale_logits=False` is T5's convention (the 1/sqrt(head_dim) lives in the query initializer);
   the decoder-only models scale explicitly. RoPE (`rope_theta`) assumes self-attention.
   With `decode=True` keys/values go to the `cache` collection (`cached_key`, `cached_value`
-  [batch, cache_length, kv_heads, head_dim] and `cache_index` [batch]): the first
+  [batch, kv_heads, cache_length, head_dim] and `cache_index` [batch]): the first
   (initializing) call sizes the cache and attends as in training; later calls take one token
   each, or, with `prefill=True`, a whole prompt written from position 0.
 
@@ -496,7 +496,10 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f"decode=True takes one token per call, got {q_len}; pass prefill=True to "
                        f"fill the cache from a whole prompt")
     if decode:
-      cache_shape = (batch, max_decode_length or key.shape[1], self.num_kv_heads, self.head_dim)
+      # Heads before positions: the one-token step then reads the cache in the layout of its two
+      # products, where [batch, cache, heads, head_dim] made XLA transpose the whole cache twice
+      # per layer and step.
+      cache_shape = (batch, self.num_kv_heads, max_decode_length or key.shape[1], self.head_dim)
       cached_key = self.variable("cache", "cached_key", jnp.zeros, cache_shape, self.dtype)
       cached_value = self.variable("cache", "cached_value", jnp.zeros, cache_shape, self.dtype)
       # One entry per row (rows may be at different positions), so code that reorders cache rows
@@ -511,10 +514,10 @@ class MultiHeadAttention(nn.Module):
 
     if stepping and prefill:
       # The prompt attends to itself only (the rest of the cache is empty): no padded mask.
-      cached_key.value = jax.lax.dynamic_update_slice_in_dim(
-          cached_key.value, key.astype(self.dtype), 0, axis=1)
-      cached_value.value = jax.lax.dynamic_update_slice_in_dim(
-          cached_value.value, value.astype(self.dtype), 0, axis=1)
+      prompt = lambda x: jnp.swapaxes(x, 1, 2).astype(self.dtype)
+      cached_key.value = jax.lax.dynamic_update_slice_in_dim(cached_key.value, prompt(key), 0, axis=2)
+      cached_value.value = jax.lax.dynamic_update_slice_in_dim(cached_value.value, prompt(value), 0,
+                                                               axis=2)
       cache_index.value = (jnp.full((batch,), q_len, jnp.int32) if prefill_lengths is None
                            else prefill_lengths.astype(jnp.int32))
       mask = causal_mask(batch, q_len) if mask is None else mask
@@ -522,19 +525,38 @@ class MultiHeadAttention(nn.Module):
       # Each row writes its new key/value at its own slot with one select over the cache: on
       # XLA:CPU a bf16 scatter (or dynamic_update_slice) is computed in float32, converting the
       # whole cache twice per step (measured ~10x slower for a [8, 128, 6, 64] cache).
-      slot = jnp.arange(cached_key.value.shape[1])[None, :] == index[:, None]  # [batch, cache]
-      write = lambda cache, new: jnp.where(slot[:, :, None, None], new.astype(self.dtype), cache)
+      positions = jnp.arange(cached_key.value.shape[2])
+      slot = (positions[None, :] == index[:, None])[:, None, :, None]  # [batch, 1, cache, 1]
+      write = lambda cache, new: jnp.where(slot, jnp.swapaxes(new, 1, 2).astype(self.dtype), cache)
       cached_key.value = write(cached_key.value, key)
       cached_value.value = write(cached_value.value, value)
       cache_index.value = index + 1
-      key, value = cached_key.value, cached_value.value
-      mask = (jnp.arange(key.shape[1])[None, :] <= index[:, None])[:, None, :]
+      mask = positions[None, :] <= index[:, None]  # [batch, cache]
       if bias is not None:  # each row's query row of the whole-cache bias
         bias = jnp.take_along_axis(bias, index[:, None, None, None], axis=-2)
-
-    out = self._attend(query, key, value, mask, bias, deterministic)
+      out = self._attend_one_step(query, cached_key.value, cached_value.value, mask, bias)
+    if not stepping or prefill:
+      out = self._attend(query, key, value, mask, bias, deterministic)
     return DenseGeneral((inputs_q.shape[-1],), ("heads", "kv", "embed"), num_in=2,
                         dtype=self.dtype, name="out")(out)
+
+  def _attend_one_step(self, query: Array, cached_key: Array, cached_value: Array, mask: Array,
+                       bias: Array | None) -> Array:
+    """One query per row against the cache: query [batch, 1, heads, head_dim], cache
+    [batch, kv_heads, cache, head_dim], mask bool [batch, cache], bias [batch, heads, 1, cache]."""
+    batch = query.shape[0]
+    kv_heads, cache_length = cached_key.shape[1:3]
+    groups = self.num_heads // kv_heads
+    if self.scale_logits:
+      query = query * jnp.asarray(self.head_dim ** -0.5, query.dtype)
+    query = query.reshape(batch, kv_heads, groups, self.head_dim)
+    logits = mixed_einsum("bkgd,bksd->bkgs", query, cached_key, self.dtype, BATCHED_DOT_NAME)
+    if bias is not None:
+      logits = logits + bias.reshape(batch, kv_heads, groups, cache_length)
+    logits = jnp.where(mask[:, None, None, :], logits, _NEG_INF)
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = mixed_einsum("bkgs,bksd->bkgd", weights, cached_value, self.dtype, BATCHED_DOT_NAME)
+    return out.astype(self.dtype).reshape(batch, 1, self.num_heads, self.head_dim)
 
   def _attend(self, query: Array, key: Array, value: Array, mask: Array | None,
               bias: Array | None, deterministic: bool) -> Array:
