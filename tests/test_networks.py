@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from flan_jax.models import configs, decoder, dropout, layers, t5
+from flan_jax.models import model as model_lib
 
 VOCAB = 64
 LOGICAL_AXES = {"batch", "length", "embed", "mlp", "heads", "kv", "vocab", "layers",
@@ -129,28 +130,57 @@ def test_t5_bf16_activations_float32_params_and_logits():
   assert (encoded.shape, encoded.dtype) == ((3, 6, 32), jnp.bfloat16)
 
 
-def test_t5_cached_decoding_equals_full_forward(t5_net):
-  module, _, params, enc, dec, _, full = t5_net
-  length = dec.shape[1]
-  cache = _init(module, enc, dec, dec, enable_dropout=False, decode=True)["cache"]
+def _t5_stepped_logits(module, params, enc, dec, cache):
+  """Logits [batch, length, vocab] of feeding `dec` one token at a time through the cache."""
   encoded = jax.jit(lambda p: module.apply({"params": p}, enc, enable_dropout=False,
                                            method=module.encode))(params)
 
   @jax.jit
   def step(cache, token):
     logits, new = module.apply({"params": params, "cache": cache}, encoded, enc, token, token,
-                               enable_dropout=False, decode=True, max_decode_length=length,
+                               enable_dropout=False, decode=True, max_decode_length=dec.shape[1],
                                method=module.decode, mutable=["cache"])
     return logits[:, 0], new["cache"]
 
   stepped = []
-  for i in range(length):
+  for i in range(dec.shape[1]):
     logits, cache = step(cache, dec[:, i:i + 1])
     stepped.append(logits)
-  assert _max_diff(np.stack(stepped, 1), full) < 1e-5
+  return np.stack(stepped, 1), cache
+
+
+def test_t5_cached_decoding_equals_full_forward(t5_net):
+  module, _, params, enc, dec, _, full = t5_net
+  cache = _init(module, enc, dec, dec, enable_dropout=False, decode=True)["cache"]
+  stepped, cache = _t5_stepped_logits(module, params, enc, dec, cache)
+  assert _max_diff(stepped, full) < 1e-5
+  encoded = module.apply({"params": params}, enc, enable_dropout=False, method=module.encode)
   with pytest.raises(ValueError, match="one token per call"):
     module.apply({"params": params, "cache": cache}, encoded, enc, dec, dec, enable_dropout=False,
                  decode=True, method=module.decode, mutable=["cache"])
+
+
+def test_bf16_t5_decodes_alike_from_a_bf16_or_float32_cache(t5_net):
+  """The model wrappers keep the cache in float32 on CPU (`model.decode_cache_dtype`)."""
+  f32_module, _, params, enc, dec, _, _ = t5_net
+  module = t5.Transformer(dataclasses.replace(f32_module.config, dtype="bfloat16"))
+  full = np.asarray(jax.jit(lambda p: module.apply({"params": p}, enc, dec, dec,
+                                                   enable_dropout=False))(params))
+  bf16_cache = _init(module, enc, dec, dec, enable_dropout=False, decode=True)["cache"]
+  assert {x.dtype for x in jax.tree.leaves(bf16_cache)} == {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.int32)}
+  f32_cache = jax.tree.map(lambda x: x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x, bf16_cache)
+  from_bf16, _ = _t5_stepped_logits(module, params, enc, dec, bf16_cache)
+  from_f32, cache = _t5_stepped_logits(module, params, enc, dec, f32_cache)
+  assert {x.dtype for x in jax.tree.leaves(cache)} == {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}
+  scale = float(np.max(np.abs(full)))
+  assert _max_diff(from_bf16, full) < 0.03 * scale
+  assert _max_diff(from_f32, full) < 0.03 * scale
+  assert _max_diff(from_f32, from_bf16) < 0.03 * scale
+
+
+def test_decode_cache_dtype_follows_the_parameters_platform():
+  assert model_lib.decode_cache_dtype({"w": jnp.ones(2)}) == "float32"  # on CPU devices
+  assert model_lib.decode_cache_dtype({"w": np.ones(2)}) == "float32"  # host arrays: default backend
 
 
 def test_t5_packing_masks_isolate_segments(t5_net):

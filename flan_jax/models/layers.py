@@ -441,7 +441,9 @@ class MultiHeadAttention(nn.Module):
   With `decode=True` keys/values go to the `cache` collection (`cached_key`, `cached_value`
   [batch, kv_heads, cache_length, head_dim] and `cache_index` [batch]): the first
   (initializing) call sizes the cache and attends as in training; later calls take one token
-  each, or, with `prefill=True`, a whole prompt written from position 0.
+  each, or, with `prefill=True`, a whole prompt written from position 0. The cache is created in
+  the activation dtype; a caller may convert it (`BaseModel` keeps it in float32 on CPU), and the
+  one-token products then run in the cache's dtype.
 
   The cache index is per row, so rows of one batch may hold prompts of different lengths
   (`prefill_lengths`): row r's next token goes to slot `cache_index[r]`, attends to slots
@@ -514,7 +516,7 @@ class MultiHeadAttention(nn.Module):
 
     if stepping and prefill:
       # The prompt attends to itself only (the rest of the cache is empty): no padded mask.
-      prompt = lambda x: jnp.swapaxes(x, 1, 2).astype(self.dtype)
+      prompt = lambda x: jnp.swapaxes(x, 1, 2).astype(cached_key.value.dtype)
       cached_key.value = jax.lax.dynamic_update_slice_in_dim(cached_key.value, prompt(key), 0, axis=2)
       cached_value.value = jax.lax.dynamic_update_slice_in_dim(cached_value.value, prompt(value), 0,
                                                                axis=2)
@@ -522,16 +524,15 @@ class MultiHeadAttention(nn.Module):
                            else prefill_lengths.astype(jnp.int32))
       mask = causal_mask(batch, q_len) if mask is None else mask
     elif stepping:
-      # Each row writes its new key/value at its own slot with one select over the cache: on
-      # XLA:CPU a bf16 scatter (or dynamic_update_slice) is computed in float32, converting the
-      # whole cache twice per step (measured ~10x slower for a [8, 128, 6, 64] cache).
-      positions = jnp.arange(cached_key.value.shape[2])
-      slot = (positions[None, :] == index[:, None])[:, None, :, None]  # [batch, 1, cache, 1]
-      write = lambda cache, new: jnp.where(slot, jnp.swapaxes(new, 1, 2).astype(self.dtype), cache)
+      # Each row writes its new key/value at its own slot, in place (a select over the whole
+      # cache read and wrote all of it every step).
+      rows = jnp.arange(batch)
+      write = lambda cache, new: cache.at[rows, :, index, :].set(
+          new[:, 0].astype(cache.dtype), indices_are_sorted=True, unique_indices=True)
       cached_key.value = write(cached_key.value, key)
       cached_value.value = write(cached_value.value, value)
       cache_index.value = index + 1
-      mask = positions[None, :] <= index[:, None]  # [batch, cache]
+      mask = jnp.arange(cached_key.value.shape[2])[None, :] <= index[:, None]  # [batch, cache]
       if bias is not None:  # each row's query row of the whole-cache bias
         bias = jnp.take_along_axis(bias, index[:, None, None, None], axis=-2)
       out = self._attend_one_step(query, cached_key.value, cached_value.value, mask, bias)
@@ -543,19 +544,25 @@ class MultiHeadAttention(nn.Module):
   def _attend_one_step(self, query: Array, cached_key: Array, cached_value: Array, mask: Array,
                        bias: Array | None) -> Array:
     """One query per row against the cache: query [batch, 1, heads, head_dim], cache
-    [batch, kv_heads, cache, head_dim], mask bool [batch, cache], bias [batch, heads, 1, cache]."""
+    [batch, kv_heads, cache, head_dim], mask bool [batch, cache], bias [batch, heads, 1, cache].
+
+    Both products run in the cache's dtype with float32 accumulation. XLA:CPU computes these
+    one-row products with its own loop emitter, in float32 only: a bf16 cache was converted to a
+    float32 copy (and the cache copied) every step, where a float32 cache is read as it is.
+    """
     batch = query.shape[0]
     kv_heads, cache_length = cached_key.shape[1:3]
     groups = self.num_heads // kv_heads
     if self.scale_logits:
       query = query * jnp.asarray(self.head_dim ** -0.5, query.dtype)
     query = query.reshape(batch, kv_heads, groups, self.head_dim)
-    logits = mixed_einsum("bkgd,bksd->bkgs", query, cached_key, self.dtype, BATCHED_DOT_NAME)
+    logits = mixed_einsum("bkgd,bksd->bkgs", query, cached_key, cached_key.dtype, BATCHED_DOT_NAME)
     if bias is not None:
       logits = logits + bias.reshape(batch, kv_heads, groups, cache_length)
     logits = jnp.where(mask[:, None, None, :], logits, _NEG_INF)
     weights = jax.nn.softmax(logits, axis=-1)
-    out = mixed_einsum("bkgs,bksd->bkgd", weights, cached_value, self.dtype, BATCHED_DOT_NAME)
+    out = mixed_einsum("bkgs,bksd->bkgd", weights, cached_value, cached_value.dtype,
+                       BATCHED_DOT_NAME)
     return out.astype(self.dtype).reshape(batch, 1, self.num_heads, self.head_dim)
 
   def _attend(self, query: Array, key: Array, value: Array, mask: Array | None,

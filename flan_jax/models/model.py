@@ -81,6 +81,22 @@ def normalize_loss(token_loss: jax.Array, weights: jax.Array, mode: str | float,
                    f"or a float constant")
 
 
+def decode_cache_dtype(params: Any) -> str | None:
+  """'float32' when the parameters live on CPU, else None (the activation dtype).
+
+  On CPU the one-token attention products of a step run in float32 anyway (see
+  `layers.MultiHeadAttention._attend_one_step`); a float32 cache spares a converted copy of it per
+  layer and step (Flan-T5-small greedy, 8 × 512 → 128 on this 2-core CPU: ~10% faster). Elsewhere
+  the bf16 cache halves its memory.
+  """
+  leaves = jax.tree.leaves(params)
+  if leaves and isinstance(leaves[0], jax.Array) and not isinstance(leaves[0], jax.core.Tracer):
+    platforms = {device.platform for device in leaves[0].devices()}
+  else:
+    platforms = {jax.default_backend()}
+  return "float32" if platforms == {"cpu"} else None
+
+
 class _DecodeSetup(NamedTuple):
   cache: Any                           # for batch * rows_per_input rows
   tokens_to_logits: decoding.TokensToLogits
@@ -106,7 +122,7 @@ class BaseModel(abc.ABC):
     self.module = self._make_module(config)
     # temperature, topp and alpha are traced: one compilation per shape serves all their values.
     self._predict_jit = jax.jit(self._predict, static_argnames=(
-        "decode_method", "num_decodes", "max_decode_length", "topk", "beam_size"))
+        "decode_method", "num_decodes", "max_decode_length", "topk", "beam_size", "cache_dtype"))
     self._score_jit = jax.jit(self._score)
 
   @property
@@ -124,14 +140,19 @@ class BaseModel(abc.ABC):
 
   @abc.abstractmethod
   def _decoding_setup(self, params: Any, batch: Batch, rows_per_input: int,
-                      max_decode_length: int) -> _DecodeSetup:
-    """Cache and callback for decoding `rows_per_input` sequences per batch row."""
+                      max_decode_length: int, cache_dtype: str | None) -> _DecodeSetup:
+    """Cache (keys and values in `cache_dtype`, if given) and callback for decoding
+    `rows_per_input` sequences per batch row."""
 
-  def _empty_cache(self, *args: jax.Array, **kwargs: Any) -> Any:
+  def _empty_cache(self, *args: jax.Array, cache_dtype: str | None = None, **kwargs: Any) -> Any:
     """The zero `cache` collection a decode=True call on these inputs creates: shapes from
-    `jax.eval_shape` (nothing is initialized or run), then zeros."""
+    `jax.eval_shape` (nothing is initialized or run), then zeros; keys and values in
+    `cache_dtype` if given."""
     shapes = jax.eval_shape(lambda *a: self.module.init(jax.random.PRNGKey(0), *a, **kwargs), *args)
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+    def zeros(s):
+      floating = jnp.issubdtype(s.dtype, jnp.floating)
+      return jnp.zeros(s.shape, cache_dtype if cache_dtype and floating else s.dtype)
+    return jax.tree.map(zeros, shapes["cache"])
 
   @abc.abstractmethod
   def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, Sequence[int]],
@@ -203,14 +224,15 @@ class BaseModel(abc.ABC):
     out = self._predict_jit(
         params, dict(batch), rng, decode_method=decode_method, num_decodes=num_decodes,
         max_decode_length=max_decode_length, temperature=jnp.float32(temperature), topk=int(topk),
-        topp=jnp.float32(topp), beam_size=int(beam_size), alpha=jnp.float32(alpha))
+        topp=jnp.float32(topp), beam_size=int(beam_size), alpha=jnp.float32(alpha),
+        cache_dtype=decode_cache_dtype(params))
     return out[:, 0] if num_decodes == 1 else out
 
   def _predict(self, params, batch, rng, *, decode_method, num_decodes, max_decode_length,
-               temperature, topk, topp, beam_size, alpha) -> jax.Array:
+               temperature, topk, topp, beam_size, alpha, cache_dtype) -> jax.Array:
     rows_per_input = beam_size if decode_method == "beam" else num_decodes
     batch_size = next(iter(batch.values())).shape[0]
-    setup = self._decoding_setup(params, batch, rows_per_input, max_decode_length)
+    setup = self._decoding_setup(params, batch, rows_per_input, max_decode_length, cache_dtype)
     if decode_method == "beam":
       seqs, _ = decoding.beam_search(
           setup.tokens_to_logits, setup.cache, batch=batch_size, beam_size=beam_size,
@@ -287,11 +309,12 @@ class EncoderDecoderModel(BaseModel):
         encoder_positions=batch.get("encoder_positions"),
         decoder_positions=batch.get("decoder_positions"), enable_dropout=enable_dropout, rngs=rngs)
 
-  def _decoding_setup(self, params, batch, rows_per_input, max_decode_length):
+  def _decoding_setup(self, params, batch, rows_per_input, max_decode_length, cache_dtype):
     enc_tokens = decoding.repeat_rows(batch["encoder_input_tokens"], rows_per_input)
     rows = enc_tokens.shape[0]
     dummy = jnp.ones((rows, max_decode_length), jnp.int32)
-    cache = self._empty_cache(enc_tokens, dummy, dummy, enable_dropout=False, decode=True)
+    cache = self._empty_cache(enc_tokens, dummy, dummy, cache_dtype=cache_dtype,
+                              enable_dropout=False, decode=True)
     # Encode once per input, then repeat: the encoder output does not depend on the sample.
     encoded = self.module.apply({"params": params}, batch["encoder_input_tokens"],
                                 enable_dropout=False, method=self.module.encode)
@@ -358,7 +381,7 @@ class DecoderOnlyModel(BaseModel):
         decoder_causal_attention=batch.get("decoder_causal_attention"),
         enable_dropout=enable_dropout, rngs=rngs)
 
-  def _decoding_setup(self, params, batch, rows_per_input, max_decode_length):
+  def _decoding_setup(self, params, batch, rows_per_input, max_decode_length, cache_dtype):
     # Rows keep their prompts right-padded and their own cache index (see
     # layers.MultiHeadAttention): positions and cache slots are then those of training, with no
     # per-row offsets to carry, which left-padding would need.
@@ -369,7 +392,7 @@ class DecoderOnlyModel(BaseModel):
     fed = jnp.where(in_prompt, jnp.pad(targets[:, :-1], ((0, 0), (1, 0))), 0)
     length = width + max_decode_length
     cache = self._empty_cache(jnp.zeros((targets.shape[0], length), jnp.int32),
-                              enable_dropout=False, decode=True)
+                              cache_dtype=cache_dtype, enable_dropout=False, decode=True)
     logits, variables = self.module.apply(
         {"params": params, "cache": cache}, fed, decoder_causal_attention=in_prompt,
         enable_dropout=False, decode=True, prefill=True, prefill_lengths=fed_lengths,
