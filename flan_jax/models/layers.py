@@ -516,10 +516,10 @@ class MultiHeadAttention(nn.Module):
 
     if stepping and prefill:
       # The prompt attends to itself only (the rest of the cache is empty): no padded mask.
-      prompt = lambda x: jnp.swapaxes(x, 1, 2).astype(cached_key.value.dtype)
-      cached_key.value = jax.lax.dynamic_update_slice_in_dim(cached_key.value, prompt(key), 0, axis=2)
-      cached_value.value = jax.lax.dynamic_update_slice_in_dim(cached_value.value, prompt(value), 0,
-                                                               axis=2)
+      write = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
+          cache, jnp.swapaxes(new, 1, 2).astype(cache.dtype), 0, axis=2)
+      cached_key.value = write(cached_key.value, key)
+      cached_value.value = write(cached_value.value, value)
       cache_index.value = (jnp.full((batch,), q_len, jnp.int32) if prefill_lengths is None
                            else prefill_lengths.astype(jnp.int32))
       mask = causal_mask(batch, q_len) if mask is None else mask

@@ -86,8 +86,8 @@ def decode_cache_dtype(params: Any) -> str | None:
 
   On CPU the one-token attention products of a step run in float32 anyway (see
   `layers.MultiHeadAttention._attend_one_step`); a float32 cache spares a converted copy of it per
-  layer and step (Flan-T5-small greedy, 8 × 512 → 128 on this 2-core CPU: ~10% faster). Elsewhere
-  the bf16 cache halves its memory.
+  layer and step (Flan-T5-small greedy, 8 × 512 → 128 on this 2-core CPU, with the in-place cache
+  write: 3.39–3.66 → 3.23–3.40 s in interleaved runs). Elsewhere the bf16 cache halves its memory.
   """
   leaves = jax.tree.leaves(params)
   if leaves and isinstance(leaves[0], jax.Array) and not isinstance(leaves[0], jax.core.Tracer):
