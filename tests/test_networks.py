@@ -3,6 +3,7 @@ full forward pass (T5, decoder-only MQA and GQA, prefill with a bidirectional pr
 masks, scan/remat equal to the unscanned stack, position encodings, and the gin model configs."""
 import dataclasses
 import functools
+import re
 
 import flax.linen as nn
 import gin
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax.models import configs, decoder, dropout, layers, t5
+from flan_jax.models import attention, configs, decoder, dropout, layers, t5
 from flan_jax.models import model as model_lib
 
 VOCAB = 64
@@ -158,6 +159,39 @@ def test_t5_cached_decoding_equals_full_forward(t5_net):
   with pytest.raises(ValueError, match="one token per call"):
     module.apply({"params": params, "cache": cache}, encoded, enc, dec, dec, enable_dropout=False,
                  decode=True, method=module.decode, mutable=["cache"])
+
+
+def test_t5_steps_read_the_cross_attention_keys_and_values_written_at_step_0(t5_net):
+  """How the model wrappers decode: step 0 writes the `encoder_kv` collection, later steps only
+  read it (their cross-attention key/value kernels are NaN here and the logits stay exact)."""
+  module, _, params, enc, dec, _, full = t5_net
+  variables = _init(module, enc, dec, dec, enable_dropout=False, decode=True)
+  encoded = module.apply({"params": params}, enc, enable_dropout=False, method=module.encode)
+  heads, head_dim = module.config.num_heads, module.config.head_dim
+  kv = variables[layers.ENCODER_KV]["decoder"]["layers_1"]["encoder_decoder_attention"]
+  assert kv["cached_key"].shape == kv["cached_value"].shape == (2, heads, enc.shape[1], head_dim)
+
+  @functools.partial(jax.jit, static_argnums=3)
+  def step(params, collections, token, mutable):
+    logits, new = module.apply({"params": params, **collections}, encoded, enc, token, token,
+                               enable_dropout=False, decode=True, max_decode_length=dec.shape[1],
+                               method=module.decode, mutable=mutable)
+    return logits[:, 0], new
+
+  logits, written = step(params, variables, dec[:, :1], ("cache", layers.ENCODER_KV))
+  stepped, cache = [logits], written["cache"]
+  def poison(path, x):
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    return x * np.nan if re.search(r"encoder_decoder_attention/(key|value)/", name) else x
+  nan_kv = jax.tree_util.tree_map_with_path(poison, params)
+  for i in range(1, dec.shape[1]):
+    logits, new = step(nan_kv, {"cache": cache, layers.ENCODER_KV: written[layers.ENCODER_KV]},
+                       dec[:, i:i + 1], ("cache",))
+    stepped.append(logits)
+    cache = new["cache"]
+  assert _max_diff(np.stack(stepped, 1), full) < 1e-5
+  rewritten, _ = step(nan_kv, written, dec[:, 1:2], ("cache", layers.ENCODER_KV))
+  assert np.isnan(np.asarray(rewritten)).all()  # a writing call projects with the kernels
 
 
 def test_bf16_t5_decodes_alike_from_a_bf16_or_float32_cache(t5_net):
@@ -326,7 +360,7 @@ def test_decoder_packing_isolates_segments(lm_net):
 # ---- Position encodings ---------------------------------------------------------------------------
 
 def test_relative_position_buckets():
-  bucket = lambda rel, bidirectional: np.asarray(layers.relative_position_bucket(
+  bucket = lambda rel, bidirectional: np.asarray(attention.relative_position_bucket(
       jnp.array(rel), bidirectional=bidirectional, num_buckets=32, max_distance=128)).tolist()
   # memory - query: keys before the query are negative; bidirectional gives keys after 16..31.
   assert bucket([0, -1, -7, -8, -15, -16, -127, -500], True) == [0, 1, 7, 8, 9, 10, 15, 15]
@@ -344,7 +378,7 @@ def test_rope_rotates_halves_like_hugging_face():
   emb = np.concatenate([angles, angles], -1)[:, :, None, :]
   rotate_half = np.concatenate([-x[..., 4:], x[..., :4]], -1)
   expected = x * np.cos(emb) + rotate_half * np.sin(emb)
-  assert _max_diff(layers.apply_rope(jnp.array(x), jnp.array(positions), 10000.0), expected) < 1e-5
+  assert _max_diff(attention.apply_rope(jnp.array(x), jnp.array(positions), 10000.0), expected) < 1e-5
 
 
 # ---- Configs and gin ------------------------------------------------------------------------------
@@ -385,7 +419,7 @@ def test_biased_softmax_matches_autodiff_of_the_plain_formula(bias_rows):
   mask = jnp.array(rng.random((2, 1, 1, 5, 6)) < 0.7).at[..., 0].set(True)
   cotangent = jnp.array(rng.normal(size=logits.shape), jnp.float32)
   plain = lambda l, b: jax.nn.softmax(jnp.where(mask, l + b, -1e10), axis=-1)
-  ours = lambda l, b: layers._biased_softmax(l, b, mask)
+  ours = lambda l, b: attention._biased_softmax(l, b, mask)
   expected, expected_vjp = jax.vjp(plain, logits, bias)
   got, got_vjp = jax.vjp(ours, logits, bias)
   assert _max_diff(got, expected) < 1e-6
@@ -403,11 +437,11 @@ def test_bf16_attention_scores_stay_close_to_f32(dtype):
   rng = np.random.default_rng(1)
   x = jnp.array(rng.normal(size=(2, 7, 16)), jnp.float32)
   bias = jnp.array(2 * rng.normal(size=(1, 4, 7, 7)), jnp.float32)
-  mask = layers.padding_mask(jnp.ones((2, 7), bool), jnp.arange(7)[None, :] < jnp.array([[7], [4]]))
+  mask = attention.padding_mask(jnp.ones((2, 7), bool), jnp.arange(7)[None, :] < jnp.array([[7], [4]]))
   weights = jnp.array(rng.normal(size=(2, 7, 16)), jnp.float32)
 
   def run(scores_dtype):
-    attn = layers.MultiHeadAttention(4, 2, 8, dtype=dtype, scores_dtype=scores_dtype)
+    attn = attention.MultiHeadAttention(4, 2, 8, dtype=dtype, scores_dtype=scores_dtype)
     params = attn.init(jax.random.PRNGKey(0), x, x, mask=mask, bias=bias)
     loss = lambda p, x, b: jnp.sum(attn.apply(p, x, x, mask=mask, bias=b).astype(jnp.float32)
                                    * weights)
@@ -492,11 +526,11 @@ def test_probs_times_values_forms_agree():
   weights = jax.nn.softmax(jax.random.normal(kw, (2, 3, 2, 5, 7)), axis=-1)
   value = jax.random.normal(kv, (2, 7, 3, 4))
   loss = lambda f: lambda w, v: jnp.sum(f(w, v, jnp.float32) ** 2)
-  for x, y in zip(jax.grad(loss(layers.probs_times_values), (0, 1))(weights, value),
-                  jax.grad(loss(layers.probs_times_values_untransposed), (0, 1))(weights, value)):
+  for x, y in zip(jax.grad(loss(attention.probs_times_values), (0, 1))(weights, value),
+                  jax.grad(loss(attention.probs_times_values_untransposed), (0, 1))(weights, value)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(layers.probs_times_values(weights, value, jnp.float32)),
-                             np.asarray(layers.probs_times_values_untransposed(weights, value,
+  np.testing.assert_allclose(np.asarray(attention.probs_times_values(weights, value, jnp.float32)),
+                             np.asarray(attention.probs_times_values_untransposed(weights, value,
                                                                               jnp.float32)),
                              rtol=1e-6)
 

@@ -1,7 +1,7 @@
 """Hugging Face Llama-family (LlamaForCausalLM: GQA, RoPE, SwiGLU, RMSNorm) ↔ flan_jax DecoderOnly.
 
 HF keeps q/k projections in the "rotate halves" RoPE layout; flan_jax's RoPE uses the same layout
-(see flan_jax/models/layers.py), so the kernels map by transpose and reshape alone.
+(see flan_jax/models/attention.py), so the kernels map by transpose and reshape alone.
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ class T5Config:
   scan_layers: bool = False          # nn.scan over layers: params stacked under .../layers
   remat_policy: str = "none"         # 'none', 'full', 'dots_saveable', ... (layers.REMAT_POLICIES)
   # 'bfloat16' stores attention scores/probabilities in bf16 (softmax still in f32): for TPU, where
-  # they dominate HBM traffic at long lengths; slower on CPU (layers.MultiHeadAttention._attend).
+  # they dominate HBM traffic at long lengths; slower on CPU (attention.MultiHeadAttention._attend).
   attention_scores_dtype: str = "float32"
 
 

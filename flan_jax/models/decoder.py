@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flan_jax.models import layers
+from flan_jax.models import attention, layers
 from flan_jax.models.configs import DecoderConfig
 
 Array = jax.Array
@@ -36,7 +36,7 @@ class DecoderOnlyLayer(nn.Module):
         y, deterministic=self.deterministic)
     mlp = layers.GatedMlp(cfg.mlp_dim, "silu", cfg.dropout_rate, dtype, name="mlp")
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(x)
-    attended = layers.MultiHeadAttention(
+    attended = attention.MultiHeadAttention(
         cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, dtype, cfg.dropout_rate, scale_logits=True,
         rope_theta=cfg.rope_theta, scores_dtype=cfg.attention_scores_dtype, name="self_attention")(
             h, h, mask=mask, deterministic=self.deterministic, decode=self.decode,
@@ -77,12 +77,12 @@ class _Stack(nn.Module):
 def decoder_mask(batch: int, length: int, causal_attention: Array | None,
                  segment_ids: Array | None) -> Array:
   """[batch, length, length] bool: causal, plus full attention inside the prefix, within segments."""
-  mask = layers.causal_mask(batch, length)
+  mask = attention.causal_mask(batch, length)
   if causal_attention is not None:
     prefix = causal_attention.astype(bool)
-    mask = jnp.logical_or(mask, layers.padding_mask(prefix, prefix))
+    mask = jnp.logical_or(mask, attention.padding_mask(prefix, prefix))
   if segment_ids is not None:
-    mask = jnp.logical_and(mask, layers.segment_mask(segment_ids, segment_ids))
+    mask = jnp.logical_and(mask, attention.segment_mask(segment_ids, segment_ids))
   return mask
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import seqio
 
 from flan_jax import decoding
+from flan_jax.models import layers
 
 Batch = Mapping[str, Any]
 LOSS_NORMALIZATIONS = ("num_real_target_tokens", "num_total_target_tokens", "per_sequence")
@@ -85,9 +86,10 @@ def decode_cache_dtype(params: Any) -> str | None:
   """'float32' when the parameters live on CPU, else None (the activation dtype).
 
   On CPU the one-token attention products of a step run in float32 anyway (see
-  `layers.MultiHeadAttention._attend_one_step`); a float32 cache spares a converted copy of it per
-  layer and step (Flan-T5-small greedy, 8 × 512 → 128 on this 2-core CPU, with the in-place cache
-  write: 3.39–3.66 → 3.23–3.40 s in interleaved runs). Elsewhere the bf16 cache halves its memory.
+  `attention.MultiHeadAttention._attend_one_step`); a float32 cache spares a converted copy of it
+  per layer and step (Flan-T5-small greedy, 8 × 512 → 128 on this 2-core CPU, with the in-place
+  cache write: 3.39–3.66 → 3.23–3.40 s in interleaved runs). Elsewhere the bf16 cache halves its
+  memory. The cross-attention keys and values (`encoder_kv`) follow the same dtype.
   """
   leaves = jax.tree.leaves(params)
   if leaves and isinstance(leaves[0], jax.Array) and not isinstance(leaves[0], jax.core.Tracer):
@@ -100,7 +102,7 @@ def decode_cache_dtype(params: Any) -> str | None:
 class _DecodeSetup(NamedTuple):
   cache: Any                           # for batch * rows_per_input rows
   tokens_to_logits: decoding.TokensToLogits
-  initial_logits: jax.Array | None = None  # [rows, vocab] step-0 logits of a prefilled prompt
+  initial_logits: jax.Array | None = None  # [rows, vocab] step-0 logits, computed before the loop
 
 
 class BaseModel(abc.ABC):
@@ -144,15 +146,17 @@ class BaseModel(abc.ABC):
     """Cache (keys and values in `cache_dtype`, if given) and callback for decoding
     `rows_per_input` sequences per batch row."""
 
-  def _empty_cache(self, *args: jax.Array, cache_dtype: str | None = None, **kwargs: Any) -> Any:
-    """The zero `cache` collection a decode=True call on these inputs creates: shapes from
-    `jax.eval_shape` (nothing is initialized or run), then zeros; keys and values in
-    `cache_dtype` if given."""
+  def _empty_cache(self, *args: jax.Array, cache_dtype: str | None = None,
+                   **kwargs: Any) -> dict[str, Any]:
+    """The zero decoding collections a decode=True call on these inputs creates (`cache`, and
+    `encoder_kv` for cross-attention): shapes from `jax.eval_shape` (nothing is initialized or
+    run), then zeros; keys and values in `cache_dtype` if given."""
     shapes = jax.eval_shape(lambda *a: self.module.init(jax.random.PRNGKey(0), *a, **kwargs), *args)
     def zeros(s):
       floating = jnp.issubdtype(s.dtype, jnp.floating)
       return jnp.zeros(s.shape, cache_dtype if cache_dtype and floating else s.dtype)
-    return jax.tree.map(zeros, shapes["cache"])
+    return {name: jax.tree.map(zeros, shapes[name]) for name in ("cache", layers.ENCODER_KV)
+            if name in shapes}
 
   @abc.abstractmethod
   def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, Sequence[int]],
@@ -313,20 +317,31 @@ class EncoderDecoderModel(BaseModel):
     enc_tokens = decoding.repeat_rows(batch["encoder_input_tokens"], rows_per_input)
     rows = enc_tokens.shape[0]
     dummy = jnp.ones((rows, max_decode_length), jnp.int32)
-    cache = self._empty_cache(enc_tokens, dummy, dummy, cache_dtype=cache_dtype,
-                              enable_dropout=False, decode=True)
+    collections = self._empty_cache(enc_tokens, dummy, dummy, cache_dtype=cache_dtype,
+                                    enable_dropout=False, decode=True)
     # Encode once per input, then repeat: the encoder output does not depend on the sample.
     encoded = self.module.apply({"params": params}, batch["encoder_input_tokens"],
                                 enable_dropout=False, method=self.module.encode)
     encoded = decoding.repeat_rows(encoded, rows_per_input)
 
-    def tokens_to_logits(state: decoding.DecodingState):
+    def step(variables, tokens, mutable):
       logits, variables = self.module.apply(
-          {"params": params, "cache": state.cache}, encoded, enc_tokens, state.cur_token,
-          state.cur_token, enable_dropout=False, decode=True, max_decode_length=max_decode_length,
-          method=self.module.decode, mutable=["cache"])
-      return logits[:, -1, :], variables["cache"]
-    return _DecodeSetup(cache, tokens_to_logits)
+          {"params": params, **variables}, encoded, enc_tokens, tokens, tokens,
+          enable_dropout=False, decode=True, max_decode_length=max_decode_length,
+          method=self.module.decode, mutable=mutable)
+      return logits[:, -1, :], variables
+
+    # Step 0 (the BOS token) runs here, before the loop: it also writes every layer's
+    # cross-attention keys and values, which the loop's steps then only read.
+    first_logits, variables = step(collections, jnp.zeros((rows, 1), jnp.int32),
+                                   ["cache", layers.ENCODER_KV])
+    encoder_kv = variables[layers.ENCODER_KV]
+
+    def tokens_to_logits(state: decoding.DecodingState):
+      logits, variables = step({"cache": state.cache, layers.ENCODER_KV: encoder_kv},
+                               state.cur_token, ["cache"])
+      return logits, variables["cache"]
+    return _DecodeSetup(variables["cache"], tokens_to_logits, first_logits)
 
 
 class DecoderOnlyModel(BaseModel):
@@ -383,7 +398,7 @@ class DecoderOnlyModel(BaseModel):
 
   def _decoding_setup(self, params, batch, rows_per_input, max_decode_length, cache_dtype):
     # Rows keep their prompts right-padded and their own cache index (see
-    # layers.MultiHeadAttention): positions and cache slots are then those of training, with no
+    # attention.MultiHeadAttention): positions and cache slots are then those of training, with no
     # per-row offsets to carry, which left-padding would need.
     targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
     width = targets.shape[1]
@@ -392,7 +407,7 @@ class DecoderOnlyModel(BaseModel):
     fed = jnp.where(in_prompt, jnp.pad(targets[:, :-1], ((0, 0), (1, 0))), 0)
     length = width + max_decode_length
     cache = self._empty_cache(jnp.zeros((targets.shape[0], length), jnp.int32),
-                              cache_dtype=cache_dtype, enable_dropout=False, decode=True)
+                              cache_dtype=cache_dtype, enable_dropout=False, decode=True)["cache"]
     logits, variables = self.module.apply(
         {"params": params, "cache": cache}, fed, decoder_causal_attention=in_prompt,
         enable_dropout=False, decode=True, prefill=True, prefill_lengths=fed_lengths,

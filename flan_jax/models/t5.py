@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flan_jax.models import layers
+from flan_jax.models import attention, layers
 from flan_jax.models.configs import T5Config
 
 Array = jax.Array
@@ -30,7 +30,7 @@ class EncoderLayer(nn.Module):
     cfg, dtype = self.config, layers.as_dtype(self.config.dtype)
     norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name=name)
     h = norm("pre_attention_layer_norm")(x)
-    h = layers.MultiHeadAttention(cfg.num_heads, cfg.num_heads, cfg.head_dim, dtype,
+    h = attention.MultiHeadAttention(cfg.num_heads, cfg.num_heads, cfg.head_dim, dtype,
                                   cfg.dropout_rate, scores_dtype=cfg.attention_scores_dtype,
                                   name="attention")(
                                       h, h, mask=mask, bias=bias, deterministic=self.deterministic)
@@ -53,17 +53,18 @@ class DecoderLayer(nn.Module):
                bias: Array) -> tuple[Array, None]:
     cfg, dtype = self.config, layers.as_dtype(self.config.dtype)
     norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name=name)
-    attention = lambda name: layers.MultiHeadAttention(
+    make_attention = lambda name: attention.MultiHeadAttention(
         cfg.num_heads, cfg.num_heads, cfg.head_dim, dtype, cfg.dropout_rate,
         scores_dtype=cfg.attention_scores_dtype, name=name)
     h = norm("pre_self_attention_layer_norm")(x)
-    h = attention("self_attention")(h, h, mask=self_mask, bias=bias,
+    h = make_attention("self_attention")(h, h, mask=self_mask, bias=bias,
                                     deterministic=self.deterministic, decode=self.decode,
                                     max_decode_length=self.max_decode_length)
     x = layers.constrain_residual(x + _dropout(cfg, h, self.deterministic))
     h = norm("pre_cross_attention_layer_norm")(x)
-    h = attention("encoder_decoder_attention")(h, encoded, mask=cross_mask,
-                                               deterministic=self.deterministic)
+    h = make_attention("encoder_decoder_attention")(h, encoded, mask=cross_mask,
+                                                    deterministic=self.deterministic,
+                                                    encoder_kv=self.decode)
     x = layers.constrain_residual(x + _dropout(cfg, h, self.deterministic))
     h = norm("pre_mlp_layer_norm")(x)
     h = layers.GatedMlp(cfg.mlp_dim, "gelu", cfg.dropout_rate, dtype, name="mlp")(
@@ -80,12 +81,12 @@ class Encoder(nn.Module):
     cfg = self.config
     length = tokens.shape[1]
     positions = jnp.arange(length)
-    bias = layers.RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
+    bias = attention.RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
                                        cfg.relative_attention_max_distance, bidirectional=True,
                                        name="relpos_bias")(positions, positions)
-    mask = layers.padding_mask(tokens > 0, tokens > 0)
+    mask = attention.padding_mask(tokens > 0, tokens > 0)
     if segment_ids is not None:
-      mask = jnp.logical_and(mask, layers.segment_mask(segment_ids, segment_ids))
+      mask = jnp.logical_and(mask, attention.segment_mask(segment_ids, segment_ids))
     x = _dropout(cfg, embedded, deterministic)
     x = layers.run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x, (mask, bias),
                    deterministic=deterministic)
@@ -106,16 +107,16 @@ class Decoder(nn.Module):
     stepping = decode and length == 1 and max_decode_length is not None
     bias_len = max_decode_length if stepping else length
     positions = jnp.arange(bias_len)
-    bias = layers.RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
+    bias = attention.RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
                                        cfg.relative_attention_max_distance, bidirectional=False,
                                        name="relpos_bias")(positions, positions)
-    self_mask = layers.causal_mask(batch, length)
-    cross_mask = layers.padding_mask(jnp.ones((batch, length), bool), encoder_tokens > 0)
+    self_mask = attention.causal_mask(batch, length)
+    cross_mask = attention.padding_mask(jnp.ones((batch, length), bool), encoder_tokens > 0)
     if decoder_segment_ids is not None and not decode:
-      self_mask = jnp.logical_and(self_mask, layers.segment_mask(decoder_segment_ids,
+      self_mask = jnp.logical_and(self_mask, attention.segment_mask(decoder_segment_ids,
                                                                  decoder_segment_ids))
       if encoder_segment_ids is not None:
-        cross_mask = jnp.logical_and(cross_mask, layers.segment_mask(decoder_segment_ids,
+        cross_mask = jnp.logical_and(cross_mask, attention.segment_mask(decoder_segment_ids,
                                                                      encoder_segment_ids))
     x = _dropout(cfg, embedded, deterministic)
     x = layers.run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, x,
