@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 REQS := requirements/base.txt requirements/nodeps.txt requirements/test.txt requirements/hf.txt constraints.txt setup.py
 export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
+# XLA:CPU allocates each call's temporaries afresh (GBs for a train step); glibc then asks for
+# transparent huge pages for them, which cut the CPU train step by 16% (README "Benchmarks").
+export GLIBC_TUNABLES := $(if $(GLIBC_TUNABLES),$(GLIBC_TUNABLES):)glibc.malloc.hugetlb=1
 
 .PHONY: demo test venv libtpu lock clean-venv
 

@@ -6,6 +6,7 @@ prints every worker's JSON and, as its last line, one JSON object with the ratio
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -16,13 +17,27 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0", "JAX_PLATFORMS": "cpu"}
+# XLA:CPU allocates a program's temporaries afresh on every call (hundreds of MB for a decode, GBs
+# for a train step) and glibc serves them with new mmaps, which the kernel faults in 4 KiB at a
+# time. With this tunable glibc asks for transparent huge pages for them (where
+# /sys/kernel/mm/transparent_hugepage/enabled allows `madvise`). PyTorch's workers get it too.
+HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 
 
-def run_workers(script: str, names: Sequence[str], extra_args: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-  """Runs `script --only=NAME` for each name; returns {name: the JSON its last line printed}."""
+def add_hugepages_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--malloc_hugepages", action=argparse.BooleanOptionalAction, default=True,
+                      help=f"run every worker with GLIBC_TUNABLES={HUGEPAGE_TUNABLE}")
+
+
+def run_workers(script: str, names: Sequence[str], extra_args: Sequence[str] = (),
+                malloc_hugepages: bool = False) -> dict[str, dict[str, Any]]:
+  """Runs `script --only=NAME` for each name, with the same environment; returns {name: the JSON
+  its last line printed}."""
+  env = {**os.environ, **QUIET_ENV}
+  if malloc_hugepages:
+    env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), HUGEPAGE_TUNABLE]))
   results = {}
   for name in names:
-    env = {**os.environ, **QUIET_ENV}
     proc = subprocess.run([sys.executable, script, f"--only={name}", *extra_args], env=env,
                           capture_output=True, text=True, check=False)
     lines = proc.stdout.strip().splitlines()

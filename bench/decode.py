@@ -34,6 +34,7 @@ def _args(argv=None):
                       help="PyTorch intra-op threads (0: its default, one per core). On a loaded "
                            "machine use 1: OpenMP threads that spin-wait on busy cores made HF "
                            "decode steps ~30x slower here")
+  common.add_hugepages_flag(parser)
   return parser.parse_args(argv)
 
 
@@ -125,7 +126,7 @@ def main() -> None:
     return
   extra = [f"--batch={args.batch}", f"--inputs={args.inputs}", f"--decode_length={args.decode_length}",
            f"--repeats={args.repeats}", f"--torch_threads={args.torch_threads}"]
-  results = common.run_workers(__file__, ["jax", "torch"], extra)
+  results = common.run_workers(__file__, ["jax", "torch"], extra, args.malloc_hugepages)
   jax_r, torch_r = results["jax"], results["torch"]
   common.emit({
       "benchmark": "greedy_decode", "shape": f"{args.batch}x{args.inputs} -> {args.decode_length}",
@@ -138,6 +139,7 @@ def main() -> None:
       "jax_peak_rss_gib": round(jax_r["peak_rss_gib"], 2),
       "hf_peak_rss_gib": round(torch_r["peak_rss_gib"], 2),
       "load_avg": [jax_r["load_avg"], torch_r["load_avg"]],
+      "malloc_hugepages": args.malloc_hugepages,
       "full_length": jax_r["generated_tokens"] == torch_r["generated_tokens"] == args.batch * args.decode_length,
   })
 

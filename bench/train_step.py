@@ -33,6 +33,7 @@ def _args(argv=None):
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--inputs", type=int, default=512)
   parser.add_argument("--targets", type=int, default=128)
+  common.add_hugepages_flag(parser)
   return parser.parse_args(argv)
 
 
@@ -136,7 +137,7 @@ def main() -> None:
   extra = [f"--steps={args.steps}", f"--batch={args.batch}", f"--inputs={args.inputs}",
            f"--targets={args.targets}"]
   load_before = os.getloadavg()[0]
-  results = common.run_workers(__file__, ["jax", "torch"], extra)
+  results = common.run_workers(__file__, ["jax", "torch"], extra, args.malloc_hugepages)
   jax_r, torch_r = results["jax"], results["torch"]
   common.emit({
       "benchmark": "train_step", "shape": f"{args.batch}x{args.inputs}/{args.targets}",
@@ -153,6 +154,7 @@ def main() -> None:
       "xla_step_bytes": jax_r["xla_step_bytes"],
       "params_match": math.isclose(jax_r["num_params"], torch_r["num_params"], rel_tol=0.01),
       "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+      "malloc_hugepages": args.malloc_hugepages,
   })
 
 
