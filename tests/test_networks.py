@@ -411,15 +411,20 @@ def test_gqa_requires_divisible_heads():
 # ---- Attention scores in bfloat16 -----------------------------------------------------------------
 
 @pytest.mark.parametrize("bias_rows", [1, 2])
-def test_biased_softmax_matches_autodiff_of_the_plain_formula(bias_rows):
-  """The custom VJP (bias summed over the batch when shared, masked entries zero) is exact in f32."""
+@pytest.mark.parametrize("custom", ["biased_softmax", "add_bias_and_mask"])
+def test_biased_softmax_matches_autodiff_of_the_plain_formula(bias_rows, custom):
+  """The custom VJPs (bias summed over the batch when shared, masked entries zero) are exact in
+  f32: the bf16-scores softmax, and the float32 path's addition of bias and mask."""
   rng = np.random.default_rng(0)
   logits = jnp.array(rng.normal(size=(2, 3, 1, 5, 6)), jnp.float32)
   bias = jnp.array(rng.normal(size=(bias_rows, 3, 1, 5, 6)), jnp.float32)
   mask = jnp.array(rng.random((2, 1, 1, 5, 6)) < 0.7).at[..., 0].set(True)
   cotangent = jnp.array(rng.normal(size=logits.shape), jnp.float32)
   plain = lambda l, b: jax.nn.softmax(jnp.where(mask, l + b, -1e10), axis=-1)
-  ours = lambda l, b: attention._biased_softmax(l, b, mask)
+  if custom == "biased_softmax":
+    ours = lambda l, b: attention._biased_softmax(l, b, mask)
+  else:
+    ours = lambda l, b: jax.nn.softmax(attention._add_bias_and_mask(l, b, mask), axis=-1)
   expected, expected_vjp = jax.vjp(plain, logits, bias)
   got, got_vjp = jax.vjp(ours, logits, bias)
   assert _max_diff(got, expected) < 1e-6
