@@ -26,6 +26,8 @@ Array = jax.Array
 _NEG_INF = -1e10
 
 
+# ---- Scores: bias, mask, softmax ------------------------------------------------------------------
+
 @jax.custom_vjp
 def _add_bias_and_mask(logits: Array, bias: Array, mask: Array | None) -> Array:
   """logits + bias, and -1e10 where `mask` (bool, True attends) is False; bias has 1 or batch
@@ -173,6 +175,7 @@ def causal_mask(batch: int, length: int) -> Array:
   return jnp.broadcast_to(idx[None, :] <= idx[:, None], (batch, length, length))
 
 
+# ---- Attention ------------------------------------------------------------------------------------
 
 def probs_times_values(weights: Array, value: Array, dtype: Any) -> Array:
   """[batch, kv_heads, groups, q, k] weights · [batch, k, kv_heads, head_dim] values, f32 out."""
@@ -183,10 +186,10 @@ def probs_times_values_untransposed(weights: Array, value: Array, dtype: Any) ->
   """`probs_times_values` with the values as [batch, kv_heads, head_dim, k], the CPU choice.
 
   Their gradient then comes out of the backward product in this orientation, and XLA:CPU does not
-  transpose the float32 [.., q, k] probabilities to compute it (see `_contract`). Bit-identical;
-  T5-small encoder attention forward + backward 432 → 409 ms (interleaved A/B, load 2.7). Keys
-  stay [batch, k, kv_heads, head_dim]: XLA:CPU has no bf16 × bf16 → f32 kernel for the scores
-  product with keys as [.., head_dim, k]. On TPU the plain form lays out better.
+  transpose the float32 [.., q, k] probabilities to compute it (see `layers._contract`).
+  Bit-identical; T5-small encoder attention forward + backward 432 → 409 ms (interleaved A/B, load
+  2.7). Keys stay [batch, k, kv_heads, head_dim]: XLA:CPU has no bf16 × bf16 → f32 kernel for the
+  scores product with keys as [.., head_dim, k]. On TPU the plain form lays out better.
   """
   return mixed_einsum("bkgqs,bkds->bqkgd", weights, jnp.transpose(value, (0, 2, 3, 1)), dtype,
                       BATCHED_DOT_NAME)

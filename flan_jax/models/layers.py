@@ -29,8 +29,8 @@ import numpy as np
 Array = jax.Array
 Initializer = Callable[..., Array]
 # Collection of the decoder's cross-attention keys and values while decoding (see
-# MultiHeadAttention): fixed for a whole decode, so kept apart from the `cache` that each step
-# updates (and that beam search reorders).
+# attention.MultiHeadAttention): fixed for a whole decode, so kept apart from the `cache` that each
+# step updates (and that beam search reorders). Here because `run_layers` stacks it too.
 ENCODER_KV = "encoder_kv"
 
 # Checkpoint names of `mixed_einsum` outputs: weight products (no batch dimension) and
