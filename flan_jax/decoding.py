@@ -9,7 +9,9 @@ Sequences are laid out like decoder targets: `sequences[:, i]` is the token pred
 and the token fed at step i is `sequences[:, i - 1]` (0, the BOS/pad id, at step 0). A prompt
 (decoder-only prefix LM) is run by the caller in one prefill call that fills the cache; its
 next-token logits are passed as `initial_logits` and pick the token of step 0, so the loop
-starts at step 1 and never sees the prompt. Everything after the first generated EOS is 0.
+starts at step 1 and never sees the prompt. The T5 wrapper runs step 0 (the BOS token) the same
+way, before the loop, because that call also writes what later steps only read. Everything after
+the first generated EOS is 0.
 
 The cache is created by the caller for `rows` sequences (the batch already repeated
 `num_decodes`/`beam_size` times, see `repeat_rows`); beam search reorders its leaves along
@@ -96,8 +98,8 @@ def temperature_sample(tokens_to_logits: TokensToLogits, cache: Any, *, rows: in
   """Samples `rows` sequences of up to `length` tokens; a Python temperature 0 is greedy (argmax).
 
   `temperature` and `topp` may be traced (one compilation serves all their values); `topk` is a
-  Python int. `initial_logits` [rows, vocab]: the step-0 logits of a prefilled prompt (the cache
-  then holds the prompt).
+  Python int. `initial_logits` [rows, vocab]: the step-0 logits, computed by the caller before the
+  loop (the cache then holds that step: a prefilled prompt, or T5's BOS step).
 
   Returns:
     (sequences int32 [rows, length], log-likelihood float32 [rows] of the generated tokens
@@ -184,8 +186,8 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, *, batch: int, bea
                 cache_batch_axis: int = 0) -> tuple[jax.Array, jax.Array]:
   """Beam search with the GNMT length penalty (`alpha`); the cache holds batch * beam_size rows.
 
-  `initial_logits` [batch * beam_size, vocab]: step-0 logits of a prefilled prompt (each batch
-  row's beam_size rows alike). A sequence is scored by its log-likelihood /
+  `initial_logits` [batch * beam_size, vocab]: step-0 logits computed before the loop (a prefilled
+  prompt, or T5's BOS step; each batch row's beam_size rows alike). A sequence is scored by its log-likelihood /
   brevity_penalty(alpha, its length incl. EOS).
 
   Returns:
