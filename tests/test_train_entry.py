@@ -14,7 +14,7 @@ import jax
 import pytest
 
 from flan_jax import gin_utils, model_dir
-from flan_jax.train import train
+from flan_jax.train import cpu_allocator_note, train
 
 TINY = ["--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", "--gin.BATCH_SIZE=8",
         "--gin.train.infer_eval_examples=8", "--gin.train.num_samples_to_print=2",
@@ -94,3 +94,10 @@ def test_finetune_decoder_gin_runs(tmp_path):
   metrics = _train_with("models/decoder_tiny.gin", "runs/finetune_decoder.gin", tmp_path, 2)
   assert "teacher_forced/loss" in metrics
   assert model_dir.read_spec(tmp_path).family == "decoder" and model_dir.latest_step(tmp_path) == 2
+
+
+def test_cpu_hosts_without_malloc_huge_pages_get_a_note(monkeypatch):
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+  assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in cpu_allocator_note()
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+  assert cpu_allocator_note() is None
