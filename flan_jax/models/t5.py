@@ -30,10 +30,10 @@ class EncoderLayer(nn.Module):
     cfg, dtype = self.config, layers.as_dtype(self.config.dtype)
     norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name=name)
     h = norm("pre_attention_layer_norm")(x)
-    h = attention.MultiHeadAttention(cfg.num_heads, cfg.num_heads, cfg.head_dim, dtype,
-                                  cfg.dropout_rate, scores_dtype=cfg.attention_scores_dtype,
-                                  name="attention")(
-                                      h, h, mask=mask, bias=bias, deterministic=self.deterministic)
+    self_attention = attention.MultiHeadAttention(
+        cfg.num_heads, cfg.num_heads, cfg.head_dim, dtype, cfg.dropout_rate,
+        scores_dtype=cfg.attention_scores_dtype, name="attention")
+    h = self_attention(h, h, mask=mask, bias=bias, deterministic=self.deterministic)
     x = layers.constrain_residual(x + _dropout(cfg, h, self.deterministic))
     h = norm("pre_mlp_layer_norm")(x)
     h = layers.GatedMlp(cfg.mlp_dim, "gelu", cfg.dropout_rate, dtype, name="mlp")(
@@ -58,8 +58,8 @@ class DecoderLayer(nn.Module):
         scores_dtype=cfg.attention_scores_dtype, name=name)
     h = norm("pre_self_attention_layer_norm")(x)
     h = make_attention("self_attention")(h, h, mask=self_mask, bias=bias,
-                                    deterministic=self.deterministic, decode=self.decode,
-                                    max_decode_length=self.max_decode_length)
+                                         deterministic=self.deterministic, decode=self.decode,
+                                         max_decode_length=self.max_decode_length)
     x = layers.constrain_residual(x + _dropout(cfg, h, self.deterministic))
     h = norm("pre_cross_attention_layer_norm")(x)
     h = make_attention("encoder_decoder_attention")(h, encoded, mask=cross_mask,
@@ -82,8 +82,8 @@ class Encoder(nn.Module):
     length = tokens.shape[1]
     positions = jnp.arange(length)
     bias = attention.RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
-                                       cfg.relative_attention_max_distance, bidirectional=True,
-                                       name="relpos_bias")(positions, positions)
+                                          cfg.relative_attention_max_distance, bidirectional=True,
+                                          name="relpos_bias")(positions, positions)
     mask = attention.padding_mask(tokens > 0, tokens > 0)
     if segment_ids is not None:
       mask = jnp.logical_and(mask, attention.segment_mask(segment_ids, segment_ids))
@@ -108,16 +108,16 @@ class Decoder(nn.Module):
     bias_len = max_decode_length if stepping else length
     positions = jnp.arange(bias_len)
     bias = attention.RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
-                                       cfg.relative_attention_max_distance, bidirectional=False,
-                                       name="relpos_bias")(positions, positions)
+                                          cfg.relative_attention_max_distance, bidirectional=False,
+                                          name="relpos_bias")(positions, positions)
     self_mask = attention.causal_mask(batch, length)
     cross_mask = attention.padding_mask(jnp.ones((batch, length), bool), encoder_tokens > 0)
     if decoder_segment_ids is not None and not decode:
       self_mask = jnp.logical_and(self_mask, attention.segment_mask(decoder_segment_ids,
-                                                                 decoder_segment_ids))
+                                                                    decoder_segment_ids))
       if encoder_segment_ids is not None:
         cross_mask = jnp.logical_and(cross_mask, attention.segment_mask(decoder_segment_ids,
-                                                                     encoder_segment_ids))
+                                                                        encoder_segment_ids))
     x = _dropout(cfg, embedded, deterministic)
     x = layers.run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, x,
                    (encoded, self_mask, cross_mask, bias), deterministic=deterministic,
