@@ -433,6 +433,23 @@ def test_biased_softmax_matches_autodiff_of_the_plain_formula(bias_rows, custom)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_heads_first_scores_product_matches_mixed_einsum(dtype):
+  """`attention._scores` (operands transposed before the product on CPU, plain products in the
+  backward) gives mixed_einsum's values and gradients."""
+  rng = np.random.default_rng(2)
+  query = jnp.array(rng.normal(size=(2, 5, 2, 3, 4)), dtype)
+  key = jnp.array(rng.normal(size=(2, 6, 2, 4)), dtype)
+  cotangent = jnp.array(rng.normal(size=(2, 2, 3, 5, 6)), jnp.float32)
+  spec = "bqkgd,bskd->bkgqs"
+  expected, expected_vjp = jax.vjp(lambda q, k: layers.mixed_einsum(spec, q, k, dtype), query, key)
+  got, got_vjp = jax.vjp(attention._scores, query, key)
+  tolerance = 1e-5 if dtype == jnp.float32 else 1e-2
+  assert got.dtype == jnp.float32 and _max_diff(got, expected) < tolerance
+  for g, e in zip(got_vjp(cotangent), expected_vjp(cotangent)):
+    assert g.dtype == dtype and g.shape == e.shape and _max_diff(g, e) < tolerance
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_bf16_attention_scores_stay_close_to_f32(dtype):
   """scores_dtype=bfloat16 (TPU option) vs the float32 default, forward and all gradients (GQA,
   shared bias, padding mask). bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2%):
