@@ -542,8 +542,9 @@ def test_mixed_einsum_gradients_equal_autodiff(spec, shape_a, shape_b):
 
 
 def test_probs_times_values_forms_agree():
-  """The CPU form (values as [batch, kv_heads, head_dim, k]) and the plain one other platforms
-  run give the same output and gradients."""
+  """The CPU form (custom VJP: values heads-first in the forward product, [batch, kv_heads,
+  head_dim, k] in the backward ones) and the plain one other platforms run give the same output
+  and gradients."""
   kw, kv = jax.random.split(jax.random.key(0))
   weights = jax.nn.softmax(jax.random.normal(kw, (2, 3, 2, 5, 7)), axis=-1)
   value = jax.random.normal(kv, (2, 7, 3, 4))
