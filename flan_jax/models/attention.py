@@ -251,7 +251,7 @@ def _scores(query: Array, key: Array) -> Array:
       default=lambda q, k: jnp.einsum(_SCORES_SPEC, q, k, preferred_element_type=jnp.float32))
 
 
-def _scores_fwd(query, key):
+def _scores_fwd(query: Array, key: Array) -> tuple[Array, tuple[Array, Array]]:
   return _scores(query, key), (query, key)
 
 
