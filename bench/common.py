@@ -49,6 +49,21 @@ def run_workers(script: str, names: Sequence[str], extra_args: Sequence[str] = (
   return results
 
 
+def run_worker_rounds(script: str, names: Sequence[str], rounds: int, extra_args: Sequence[str] = (),
+                      malloc_hugepages: bool = False) -> dict[str, list[dict[str, Any]]]:
+  """`run_workers` `rounds` times in turn (a, b, a, b, ...): {name: each round's JSON}.
+
+  Alternating the sides spreads a change in the machine's load over both, and the spread across
+  rounds shows how far a single round's ratio can be trusted on a shared machine."""
+  results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+  for round_index in range(rounds):
+    if rounds > 1:
+      print(f"round {round_index + 1} of {rounds}", flush=True)
+    for name, result in run_workers(script, names, extra_args, malloc_hugepages).items():
+      results[name].append(result)
+  return results
+
+
 def timed(fn: Callable[[], Any], iterations: int) -> list[float]:
   """Wall-clock seconds of each call; `fn` must block until its result is ready."""
   times = []

@@ -1,6 +1,6 @@
 r"""Greedy decoding speed with the KV cache on this CPU: flan_jax vs Hugging Face `generate`.
 
-  .venv/bin/python bench/decode.py [--batch=8] [--inputs=512] [--decode_length=128]
+  .venv/bin/python bench/decode.py [--batch=8] [--inputs=512] [--decode_length=128] [--rounds=1]
 
 Flan-T5-small shapes on both sides, random weights, greedy decoding of exactly `decode_length`
 tokens per sequence (pad and EOS get zero output columns on both sides, so neither stops early).
@@ -11,7 +11,8 @@ The last line is JSON: tokens/s of both, `vs_hf` (flan_jax / HF tokens/s), flan_
 decode into the encoder call (`jax_encode_s`, timed alone) and the rest per generated position
 (`jax_step_ms`), time to first decode (flan_jax: compile + run), peak memory, and the 1-minute
 load average before each side ran (the machine may be shared: compare ratios only from runs at
-similar load).
+similar load). With `--rounds=N` both sides run N times in turn; the figures are those of each
+side's median round, and `vs_hf_rounds` lists every round's ratio.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def _args(argv=None):
   parser.add_argument("--inputs", type=int, default=512)
   parser.add_argument("--decode_length", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="run both sides this many times in turn and report the median round of "
+                           "each (and every round's ratio, `vs_hf_rounds`)")
   parser.add_argument("--torch_threads", type=int, default=0,
                       help="PyTorch intra-op threads (0: its default, one per core). On a loaded "
                            "machine use 1: OpenMP threads that spin-wait on busy cores made HF "
@@ -126,13 +130,16 @@ def main() -> None:
     return
   extra = [f"--batch={args.batch}", f"--inputs={args.inputs}", f"--decode_length={args.decode_length}",
            f"--repeats={args.repeats}", f"--torch_threads={args.torch_threads}"]
-  results = common.run_workers(__file__, ["jax", "torch"], extra, args.malloc_hugepages)
-  jax_r, torch_r = results["jax"], results["torch"]
+  rounds = common.run_worker_rounds(__file__, ["jax", "torch"], args.rounds, extra,
+                                    args.malloc_hugepages)
+  jax_r, torch_r = (_median_round(rounds[side]) for side in ("jax", "torch"))
   common.emit({
       "benchmark": "greedy_decode", "shape": f"{args.batch}x{args.inputs} -> {args.decode_length}",
       "jax_tokens_per_s": round(jax_r["tokens_per_s"], 1),
       "hf_tokens_per_s": round(torch_r["tokens_per_s"], 1), "hf_dtype": torch_r["best"],
       "vs_hf": round(jax_r["tokens_per_s"] / torch_r["tokens_per_s"], 3),
+      "vs_hf_rounds": [round(j["tokens_per_s"] / t["tokens_per_s"], 3)
+                       for j, t in zip(rounds["jax"], rounds["torch"])],
       "jax_encode_s": round(jax_r["encode_s"], 3), "jax_step_ms": round(jax_r["step_ms"], 2),
       "jax_first_decode_s": round(jax_r["first_decode_s"], 2),
       "hf_first_decode_s": round(torch_r["first_decode_s"], 2),
@@ -142,6 +149,12 @@ def main() -> None:
       "malloc_hugepages": args.malloc_hugepages,
       "full_length": jax_r["generated_tokens"] == torch_r["generated_tokens"] == args.batch * args.decode_length,
   })
+
+
+def _median_round(results: list[dict]) -> dict:
+  """The round with the median tokens/s (the lower middle one for an even count)."""
+  ordered = sorted(results, key=lambda r: r["tokens_per_s"])
+  return ordered[(len(ordered) - 1) // 2]
 
 
 if __name__ == "__main__":
