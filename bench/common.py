@@ -64,6 +64,18 @@ def run_worker_rounds(script: str, names: Sequence[str], rounds: int, extra_args
   return results
 
 
+def median_round(results: Sequence[dict[str, Any]], key: str = "tokens_per_s") -> dict[str, Any]:
+  """The round whose `key` is the median (the lower middle one for an even count)."""
+  ordered = sorted(results, key=lambda r: r[key])
+  return ordered[(len(ordered) - 1) // 2]
+
+
+def add_rounds_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="run both sides this many times in turn; report each side's median "
+                           "round and every round's ratio")
+
+
 def timed(fn: Callable[[], Any], iterations: int) -> list[float]:
   """Wall-clock seconds of each call; `fn` must block until its result is ready."""
   times = []

@@ -31,14 +31,12 @@ def _args(argv=None):
   parser.add_argument("--inputs", type=int, default=512)
   parser.add_argument("--decode_length", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--rounds", type=int, default=1,
-                      help="run both sides this many times in turn and report the median round of "
-                           "each (and every round's ratio, `vs_hf_rounds`)")
   parser.add_argument("--torch_threads", type=int, default=0,
                       help="PyTorch intra-op threads (0: its default, one per core). On a loaded "
                            "machine use 1: OpenMP threads that spin-wait on busy cores made HF "
                            "decode steps ~30x slower here")
   common.add_hugepages_flag(parser)
+  common.add_rounds_flag(parser)
   return parser.parse_args(argv)
 
 
@@ -132,7 +130,7 @@ def main() -> None:
            f"--repeats={args.repeats}", f"--torch_threads={args.torch_threads}"]
   rounds = common.run_worker_rounds(__file__, ["jax", "torch"], args.rounds, extra,
                                     args.malloc_hugepages)
-  jax_r, torch_r = (_median_round(rounds[side]) for side in ("jax", "torch"))
+  jax_r, torch_r = (common.median_round(rounds[side]) for side in ("jax", "torch"))
   common.emit({
       "benchmark": "greedy_decode", "shape": f"{args.batch}x{args.inputs} -> {args.decode_length}",
       "jax_tokens_per_s": round(jax_r["tokens_per_s"], 1),
@@ -149,12 +147,6 @@ def main() -> None:
       "malloc_hugepages": args.malloc_hugepages,
       "full_length": jax_r["generated_tokens"] == torch_r["generated_tokens"] == args.batch * args.decode_length,
   })
-
-
-def _median_round(results: list[dict]) -> dict:
-  """The round with the median tokens/s (the lower middle one for an even count)."""
-  ordered = sorted(results, key=lambda r: r["tokens_per_s"])
-  return ordered[(len(ordered) - 1) // 2]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 r"""Train-step speed of a Flan-T5-small-shaped model on this CPU: flan_jax vs Hugging Face PyTorch.
 
-  .venv/bin/python bench/train_step.py [--steps=2] [--batch=8] [--inputs=512] [--targets=128]
+  .venv/bin/python bench/train_step.py [--steps=2] [--batch=8] [--inputs=512] [--targets=128] [--rounds=1]
 
 Same shapes on both sides (T5 v1.1 small: 8+8 layers, d_model 512, d_ff 1,024, 6 heads, vocab
 32,128, untied logits), Adafactor, dropout 0.05, random tokens, no padding. flan_jax runs the
@@ -13,6 +13,8 @@ inflate the MFU).
 The last line is JSON: tokens/s of both, `vs_torch`, `mfu`, `compile_s` (XLA compile of the step),
 `first_step_s` (time to first step, compile included), `peak_mem_bytes` (peak RSS of the flan_jax
 process), `xla_step_bytes` (arguments + temporaries of the compiled step) and the load average.
+With `--rounds=N` both sides run N times in turn; the figures are those of each side's median
+round, and `vs_torch_rounds` lists every round's ratio.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ def _args(argv=None):
   parser.add_argument("--inputs", type=int, default=512)
   parser.add_argument("--targets", type=int, default=128)
   common.add_hugepages_flag(parser)
+  common.add_rounds_flag(parser)
   return parser.parse_args(argv)
 
 
@@ -137,13 +140,16 @@ def main() -> None:
   extra = [f"--steps={args.steps}", f"--batch={args.batch}", f"--inputs={args.inputs}",
            f"--targets={args.targets}"]
   load_before = os.getloadavg()[0]
-  results = common.run_workers(__file__, ["jax", "torch"], extra, args.malloc_hugepages)
-  jax_r, torch_r = results["jax"], results["torch"]
+  rounds = common.run_worker_rounds(__file__, ["jax", "torch"], args.rounds, extra,
+                                    args.malloc_hugepages)
+  jax_r, torch_r = (common.median_round(rounds[side]) for side in ("jax", "torch"))
   common.emit({
       "benchmark": "train_step", "shape": f"{args.batch}x{args.inputs}/{args.targets}",
       "jax_tokens_per_s": round(jax_r["tokens_per_s"], 1),
       "torch_tokens_per_s": round(torch_r["tokens_per_s"], 1),
       "vs_torch": round(jax_r["tokens_per_s"] / torch_r["tokens_per_s"], 3),
+      "vs_torch_rounds": [round(j["tokens_per_s"] / t["tokens_per_s"], 3)
+                          for j, t in zip(rounds["jax"], rounds["torch"])],
       "mfu": round(jax_r["mfu"], 4),
       "torch_mfu": round(jax_r["flops_per_step"] / torch_r["step_s"] / jax_r["bf16_peak_flops"], 4),
       "bf16_peak_gflops": round(jax_r["bf16_peak_flops"] / 1e9, 1),

@@ -5,6 +5,7 @@ import importlib.util
 import re
 import sys
 
+import pytest
 from conftest import REPO_ROOT
 
 
@@ -19,18 +20,19 @@ def _bench_module(name: str):
     sys.path.remove(str(REPO_ROOT / "bench"))
 
 
-def test_readme_decode_commands_parse():
-  decode = _bench_module("decode")
+@pytest.mark.parametrize("script", ["decode", "train_step"])
+def test_readme_bench_commands_parse(script):
+  bench = _bench_module(script)
   readme = (REPO_ROOT / "README.md").read_text()
-  commands = re.findall(r"^\.venv/bin/python bench/decode\.py([^#\n]*)", readme, re.MULTILINE)
+  commands = re.findall(rf"^\.venv/bin/python bench/{script}\.py([^#\n]*)", readme, re.MULTILINE)
   assert commands
   for flags in commands:
-    decode._args(flags.split())  # exits on an unknown flag
-  assert decode._args(["--rounds=3"]).rounds == 3
+    bench._args(flags.split())  # exits on an unknown flag
+  assert bench._args(["--rounds=3"]).rounds == 3
 
 
-def test_decode_reports_the_median_round():
-  decode = _bench_module("decode")
+def test_benches_report_the_median_round():
+  common = _bench_module("common")
   rounds = [{"tokens_per_s": t} for t in (410.0, 367.0, 386.0)]
-  assert decode._median_round(rounds)["tokens_per_s"] == 386.0
-  assert decode._median_round(rounds[:2])["tokens_per_s"] == 367.0
+  assert common.median_round(rounds)["tokens_per_s"] == 386.0
+  assert common.median_round(rounds[:2])["tokens_per_s"] == 367.0
