@@ -49,23 +49,28 @@ def run_workers(script: str, names: Sequence[str], extra_args: Sequence[str] = (
   return results
 
 
-def run_worker_rounds(script: str, names: Sequence[str], rounds: int, extra_args: Sequence[str] = (),
-                      malloc_hugepages: bool = False) -> dict[str, list[dict[str, Any]]]:
-  """`run_workers` `rounds` times in turn (a, b, a, b, ...): {name: each round's JSON}.
+def compare_in_rounds(script: str, extra_args: Sequence[str], rounds: int,
+                      malloc_hugepages: bool = False) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
+  """Runs the `jax` and `torch` workers `rounds` times in turn (jax, torch, jax, torch, ...).
 
-  Alternating the sides spreads a change in the machine's load over both, and the spread across
-  rounds shows how far a single round's ratio can be trusted on a shared machine."""
-  results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+  Returns each side's median round by tokens/s (the lower middle one for an even count) and every
+  round's jax / torch tokens/s ratio. Alternating the sides spreads a change in the machine's load
+  over both, and the spread of the ratios shows how far one round can be trusted on a shared
+  machine."""
+  results: dict[str, list[dict[str, Any]]] = {"jax": [], "torch": []}
   for round_index in range(rounds):
     if rounds > 1:
       print(f"round {round_index + 1} of {rounds}", flush=True)
-    for name, result in run_workers(script, names, extra_args, malloc_hugepages).items():
+    for name, result in run_workers(script, list(results), extra_args, malloc_hugepages).items():
       results[name].append(result)
-  return results
+  medians = [median_round(results[name]) for name in ("jax", "torch")]
+  ratios = [round(j["tokens_per_s"] / t["tokens_per_s"], 3)
+            for j, t in zip(results["jax"], results["torch"])]
+  return medians[0], medians[1], ratios
 
 
 def median_round(results: Sequence[dict[str, Any]], key: str = "tokens_per_s") -> dict[str, Any]:
-  """The round whose `key` is the median (the lower middle one for an even count)."""
+  """The result whose `key` is the median (the lower middle one for an even count)."""
   ordered = sorted(results, key=lambda r: r[key])
   return ordered[(len(ordered) - 1) // 2]
 

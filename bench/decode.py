@@ -128,16 +128,14 @@ def main() -> None:
     return
   extra = [f"--batch={args.batch}", f"--inputs={args.inputs}", f"--decode_length={args.decode_length}",
            f"--repeats={args.repeats}", f"--torch_threads={args.torch_threads}"]
-  rounds = common.run_worker_rounds(__file__, ["jax", "torch"], args.rounds, extra,
-                                    args.malloc_hugepages)
-  jax_r, torch_r = (common.median_round(rounds[side]) for side in ("jax", "torch"))
+  jax_r, torch_r, ratios = common.compare_in_rounds(__file__, extra, args.rounds,
+                                                   args.malloc_hugepages)
   common.emit({
       "benchmark": "greedy_decode", "shape": f"{args.batch}x{args.inputs} -> {args.decode_length}",
       "jax_tokens_per_s": round(jax_r["tokens_per_s"], 1),
       "hf_tokens_per_s": round(torch_r["tokens_per_s"], 1), "hf_dtype": torch_r["best"],
       "vs_hf": round(jax_r["tokens_per_s"] / torch_r["tokens_per_s"], 3),
-      "vs_hf_rounds": [round(j["tokens_per_s"] / t["tokens_per_s"], 3)
-                       for j, t in zip(rounds["jax"], rounds["torch"])],
+      "vs_hf_rounds": ratios,
       "jax_encode_s": round(jax_r["encode_s"], 3), "jax_step_ms": round(jax_r["step_ms"], 2),
       "jax_first_decode_s": round(jax_r["first_decode_s"], 2),
       "hf_first_decode_s": round(torch_r["first_decode_s"], 2),

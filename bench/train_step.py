@@ -140,16 +140,14 @@ def main() -> None:
   extra = [f"--steps={args.steps}", f"--batch={args.batch}", f"--inputs={args.inputs}",
            f"--targets={args.targets}"]
   load_before = os.getloadavg()[0]
-  rounds = common.run_worker_rounds(__file__, ["jax", "torch"], args.rounds, extra,
-                                    args.malloc_hugepages)
-  jax_r, torch_r = (common.median_round(rounds[side]) for side in ("jax", "torch"))
+  jax_r, torch_r, ratios = common.compare_in_rounds(__file__, extra, args.rounds,
+                                                   args.malloc_hugepages)
   common.emit({
       "benchmark": "train_step", "shape": f"{args.batch}x{args.inputs}/{args.targets}",
       "jax_tokens_per_s": round(jax_r["tokens_per_s"], 1),
       "torch_tokens_per_s": round(torch_r["tokens_per_s"], 1),
       "vs_torch": round(jax_r["tokens_per_s"] / torch_r["tokens_per_s"], 3),
-      "vs_torch_rounds": [round(j["tokens_per_s"] / t["tokens_per_s"], 3)
-                          for j, t in zip(rounds["jax"], rounds["torch"])],
+      "vs_torch_rounds": ratios,
       "mfu": round(jax_r["mfu"], 4),
       "torch_mfu": round(jax_r["flops_per_step"] / torch_r["step_s"] / jax_r["bf16_peak_flops"], 4),
       "bf16_peak_gflops": round(jax_r["bf16_peak_flops"] / 1e9, 1),

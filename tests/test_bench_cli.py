@@ -31,8 +31,18 @@ def test_readme_bench_commands_parse(script):
   assert bench._args(["--rounds=3"]).rounds == 3
 
 
-def test_benches_report_the_median_round():
+def test_benches_report_the_median_round_and_every_ratio(monkeypatch):
   common = _bench_module("common")
   rounds = [{"tokens_per_s": t} for t in (410.0, 367.0, 386.0)]
   assert common.median_round(rounds)["tokens_per_s"] == 386.0
   assert common.median_round(rounds[:2])["tokens_per_s"] == 367.0
+
+  measured = iter([(400.0, 200.0), (360.0, 190.0), (380.0, 180.0)])
+  def fake_workers(script, names, extra_args, malloc_hugepages):
+    jax_speed, torch_speed = next(measured)
+    assert list(names) == ["jax", "torch"]
+    return {"jax": {"tokens_per_s": jax_speed}, "torch": {"tokens_per_s": torch_speed}}
+  monkeypatch.setattr(common, "run_workers", fake_workers)
+  jax_r, torch_r, ratios = common.compare_in_rounds("bench.py", [], rounds=3)
+  assert (jax_r["tokens_per_s"], torch_r["tokens_per_s"]) == (380.0, 190.0)
+  assert ratios == [2.0, 1.895, 2.111]
