@@ -169,7 +169,8 @@ def test_t5_steps_read_the_cross_attention_keys_and_values_written_at_step_0(t5_
   encoded = module.apply({"params": params}, enc, enable_dropout=False, method=module.encode)
   heads, head_dim = module.config.num_heads, module.config.head_dim
   kv = variables[layers.ENCODER_KV]["decoder"]["layers_1"]["encoder_decoder_attention"]
-  assert kv["cached_key"].shape == kv["cached_value"].shape == (2, heads, enc.shape[1], head_dim)
+  assert kv["cached_key"].shape == (2, heads, head_dim, enc.shape[1])
+  assert kv["cached_value"].shape == (2, heads, enc.shape[1], head_dim)
 
   @functools.partial(jax.jit, static_argnums=3)
   def step(params, collections, token, mutable):

@@ -308,9 +308,10 @@ class MultiHeadAttention(nn.Module):
       query_positions: [batch, q] positions for RoPE (default: arange, or from the cache index).
       max_decode_length: cache length, read by the initializing decode call (default: input length).
       encoder_kv: decoding cross-attention. The keys and values of `inputs_kv` (the encoder
-        output, the same at every step) go to the `encoder_kv` collection as [batch, kv_heads,
-        length, head_dim]: written when the collection is mutable, read by one-token calls
-        when it is not (see `_reads_encoder_kv`).
+        output, the same at every step) go to the `encoder_kv` collection, keys as [batch,
+        kv_heads, head_dim, length] and values as [batch, kv_heads, length, head_dim]: written
+        when the collection is mutable, read by one-token calls when it is not (see
+        `_reads_encoder_kv` and `_encoder_kv_variables`).
     """
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads="
@@ -322,18 +323,19 @@ class MultiHeadAttention(nn.Module):
     query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
     if encoder_kv and self._reads_encoder_kv(query.shape[1]):
       stored = [v.value for v in self._encoder_kv_variables(inputs_kv.shape[:2])]
-      return self._output(inputs_q, self._attend_one_step(query, *stored, mask[:, 0], None))
+      return self._output(inputs_q, self._attend_one_step(
+          query, *stored, mask[:, 0], None, keys_transposed=True))
     kv_proj = functools.partial(DenseGeneral, (self.num_kv_heads, self.head_dim),
                                 ("embed", kv_head_axis, "kv"), dtype=self.dtype)
     key = kv_proj(name="key")(inputs_kv)
     value = kv_proj(name="value")(inputs_kv)
     if encoder_kv and self.is_mutable_collection(ENCODER_KV):
       stored = self._encoder_kv_variables(inputs_kv.shape[:2])
-      for variable, new in zip(stored, (key, value)):
-        variable.value = jnp.swapaxes(new, 1, 2).astype(variable.value.dtype)
+      stored[0].value = jnp.transpose(key, (0, 2, 3, 1)).astype(stored[0].value.dtype)
+      stored[1].value = jnp.swapaxes(value, 1, 2).astype(stored[1].value.dtype)
       if query.shape[1] == 1 and not self.is_initializing():
         return self._output(inputs_q, self._attend_one_step(
-            query, stored[0].value, stored[1].value, mask[:, 0], None))
+            query, stored[0].value, stored[1].value, mask[:, 0], None, keys_transposed=True))
 
     batch, q_len = query.shape[:2]
     stepping = decode and self.has_variable("cache", "cached_key")
@@ -388,11 +390,20 @@ class MultiHeadAttention(nn.Module):
                         dtype=self.dtype, name="out")(out)
 
   def _encoder_kv_variables(self, batch_and_length: tuple[int, int]) -> list[nn.Variable]:
-    """The `encoder_kv` keys and values, [batch, kv_heads, length, head_dim] (created as
-    zeros in the activation dtype; a caller may convert them, as it may the cache)."""
-    shape = (batch_and_length[0], self.num_kv_heads, batch_and_length[1], self.head_dim)
-    return [self.variable(ENCODER_KV, name, jnp.zeros, shape, self.dtype)
-            for name in ("cached_key", "cached_value")]
+    """The `encoder_kv` keys [batch, kv_heads, head_dim, length] and values [batch, kv_heads,
+    length, head_dim] (created as zeros in the activation dtype; a caller may convert them, as it
+    may the cache).
+
+    Keys with head_dim before length make each step's scores a sum of head_dim rows along the
+    encoder positions rather than one dot product of length head_dim per position. XLA:CPU's
+    one-query product over them, Flan-T5-small's 8 layers at 8 × 512 inputs in float32, took
+    2.7–2.8 instead of 3.2 ms per step alone; decodes 3.38 → 3.27 s (interleaved medians of 21).
+    """
+    batch, length = batch_and_length
+    return [self.variable(ENCODER_KV, "cached_key", jnp.zeros,
+                          (batch, self.num_kv_heads, self.head_dim, length), self.dtype),
+            self.variable(ENCODER_KV, "cached_value", jnp.zeros,
+                          (batch, self.num_kv_heads, length, self.head_dim), self.dtype)]
 
   def _reads_encoder_kv(self, q_len: int) -> bool:
     """Whether this cross-attention call reads its keys and values from `encoder_kv`: a
@@ -409,21 +420,24 @@ class MultiHeadAttention(nn.Module):
             and not self.is_mutable_collection(ENCODER_KV))
 
   def _attend_one_step(self, query: Array, cached_key: Array, cached_value: Array, mask: Array,
-                       bias: Array | None) -> Array:
+                       bias: Array | None, keys_transposed: bool = False) -> Array:
     """One query per row against the cache: query [batch, 1, heads, head_dim], cache
-    [batch, kv_heads, cache, head_dim], mask bool [batch, cache], bias [batch, heads, 1, cache].
+    [batch, kv_heads, cache, head_dim] (keys [batch, kv_heads, head_dim, cache] if
+    `keys_transposed`), mask bool [batch, cache], bias [batch, heads, 1, cache].
 
     Both products run in the cache's dtype with float32 accumulation. XLA:CPU computes these
     one-row products with its own loop emitter, in float32 only: a bf16 cache was converted to a
     float32 copy (and the cache copied) every step, where a float32 cache is read as it is.
     """
     batch = query.shape[0]
-    kv_heads, cache_length = cached_key.shape[1:3]
+    kv_heads, cache_length = cached_value.shape[1:3]
     groups = self.num_heads // kv_heads
     if self.scale_logits:
       query = query * jnp.asarray(self.head_dim ** -0.5, query.dtype)
     query = query.reshape(batch, kv_heads, groups, self.head_dim)
-    logits = mixed_einsum("bkgd,bksd->bkgs", query, cached_key, cached_key.dtype, BATCHED_DOT_NAME)
+    key_spec = "bkds" if keys_transposed else "bksd"
+    logits = mixed_einsum(f"bkgd,{key_spec}->bkgs", query, cached_key, cached_key.dtype,
+                          BATCHED_DOT_NAME)
     if bias is not None:
       logits = logits + bias.reshape(batch, kv_heads, groups, cache_length)
     logits = jnp.where(mask[:, None, None, :], logits, _NEG_INF)
