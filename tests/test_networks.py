@@ -220,6 +220,23 @@ def test_decode_cache_dtype_follows_the_parameters_platform():
   assert model_lib.decode_cache_dtype({"w": np.ones(2)}) == "float32"  # host arrays: default backend
 
 
+def _ynn_fusion_opcodes(compiler_options):
+  """The opcodes inside each YNNPACK fusion XLA:CPU makes of a product followed by a softmax."""
+  fn = lambda x, w: jax.nn.softmax(jnp.dot(x, w, preferred_element_type=jnp.float32), axis=-1)
+  x, w = jnp.ones((64, 128), jnp.bfloat16), jnp.ones((128, 256), jnp.bfloat16)
+  hlo = jax.jit(fn, compiler_options=compiler_options).lower(x, w).compile().as_text()
+  computations = dict(re.findall(r"\n(%[\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S))
+  called = re.findall(r"fusion\([^\n]*calls=(%[\w.\-]+)[^\n]*__ynn_fusion", hlo)
+  return [set(re.findall(r"= \S+ (\w[\w\-]*)\(", computations[name])) for name in called]
+
+
+def test_cpu_predict_options_give_ynnpack_the_products_alone():
+  """`CPU_PREDICT_COMPILER_OPTIONS` as this jaxlib reads them (a renamed option fails here)."""
+  assert any("reduce" in ops for ops in _ynn_fusion_opcodes(None))  # XLA:CPU's default
+  assert _ynn_fusion_opcodes(model_lib.CPU_PREDICT_COMPILER_OPTIONS) == [{"dot", "parameter"}]
+  assert model_lib.params_on_cpu({"w": jnp.ones(2)})
+
+
 def test_t5_packing_masks_isolate_segments(t5_net):
   module, _, params, *_ = t5_net
   rng = np.random.default_rng(1)
