@@ -161,9 +161,11 @@ def test_t5_cached_decoding_equals_full_forward(t5_net):
                  decode=True, method=module.decode, mutable=["cache"])
 
 
-def test_t5_steps_read_the_cross_attention_keys_and_values_written_at_step_0(t5_net):
+@pytest.mark.parametrize("chunks", [None, 4])
+def test_t5_steps_read_the_cross_attention_keys_and_values_written_at_step_0(t5_net, chunks):
   """How the model wrappers decode: step 0 writes the `encoder_kv` collection, later steps only
-  read it (their cross-attention key/value kernels are NaN here and the logits stay exact)."""
+  read it (their cross-attention key/value kernels are NaN here and the logits stay exact), as
+  written or split into `chunks` of rows (`attention.split_encoder_kv`, as on CPU)."""
   module, _, params, enc, dec, _, full = t5_net
   variables = _init(module, enc, dec, dec, enable_dropout=False, decode=True)
   encoded = module.apply({"params": params}, enc, enable_dropout=False, method=module.encode)
@@ -181,12 +183,16 @@ def test_t5_steps_read_the_cross_attention_keys_and_values_written_at_step_0(t5_
 
   logits, written = step(params, variables, dec[:, :1], ("cache", layers.ENCODER_KV))
   stepped, cache = [logits], written["cache"]
+  encoder_kv = written[layers.ENCODER_KV]
+  if chunks:
+    encoder_kv = attention.split_encoder_kv(encoder_kv, chunks=chunks)
+    assert len(jax.tree.leaves(encoder_kv)) == 4 * len(jax.tree.leaves(written[layers.ENCODER_KV]))
   def poison(path, x):
     name = jax.tree_util.keystr(path, simple=True, separator="/")
     return x * np.nan if re.search(r"encoder_decoder_attention/(key|value)/", name) else x
   nan_kv = jax.tree_util.tree_map_with_path(poison, params)
   for i in range(1, dec.shape[1]):
-    logits, new = step(nan_kv, {"cache": cache, layers.ENCODER_KV: written[layers.ENCODER_KV]},
+    logits, new = step(nan_kv, {"cache": cache, layers.ENCODER_KV: encoder_kv},
                        dec[:, i:i + 1], ("cache",))
     stepped.append(logits)
     cache = new["cache"]
@@ -196,7 +202,7 @@ def test_t5_steps_read_the_cross_attention_keys_and_values_written_at_step_0(t5_
 
 
 def test_bf16_t5_decodes_alike_from_a_bf16_or_float32_cache(t5_net):
-  """The model wrappers keep the cache in float32 on CPU (`model.decode_cache_dtype`)."""
+  """The model wrappers keep the cache in float32 on CPU (`model.CPU_DECODE_LAYOUT`)."""
   f32_module, _, params, enc, dec, _, _ = t5_net
   module = t5.Transformer(dataclasses.replace(f32_module.config, dtype="bfloat16"))
   full = np.asarray(jax.jit(lambda p: module.apply({"params": p}, enc, dec, dec,
@@ -215,9 +221,24 @@ def test_bf16_t5_decodes_alike_from_a_bf16_or_float32_cache(t5_net):
   assert _max_diff(from_f32, from_bf16) < 0.03 * scale
 
 
-def test_decode_cache_dtype_follows_the_parameters_platform():
-  assert model_lib.decode_cache_dtype({"w": jnp.ones(2)}) == "float32"  # on CPU devices
-  assert model_lib.decode_cache_dtype({"w": np.ones(2)}) == "float32"  # host arrays: default backend
+def test_params_on_cpu_for_device_and_host_arrays():
+  assert model_lib.params_on_cpu({"w": jnp.ones(2)})  # on CPU devices
+  assert model_lib.params_on_cpu({"w": np.ones(2)})  # host arrays: the default backend's answer
+
+
+@pytest.mark.parametrize("rows, chunks", [(6, 1), (9, 1), (10, 10), (12, 12), (48, 16), (34, 17),
+                                          (64, 16), (96, 16), (102, 17)])
+def test_encoder_kv_chunks_pass_the_thunk_executors_split_threshold(rows, chunks):
+  assert attention.encoder_kv_chunks(rows) == chunks
+
+
+def test_split_encoder_kv_chunks_rows_under_an_optional_layers_axis():
+  x = jnp.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+  split = attention.split_encoder_kv({"a": {"cached_key": x}}, chunks=3)["a"]["cached_key"]
+  assert [c.shape for c in split] == [(2, 4, 5)] * 3
+  np.testing.assert_array_equal(np.concatenate(split), x.reshape(6, 4, 5))
+  stacked = attention.split_encoder_kv(x[None], batch_axis=1, chunks=2)
+  assert [c.shape for c in stacked] == [(1, 3, 4, 5)] * 2
 
 
 def _ynn_fusion_opcodes(compiler_options):

@@ -18,7 +18,7 @@ import numpy as np
 import seqio
 
 from flan_jax import decoding
-from flan_jax.models import layers
+from flan_jax.models import attention, layers
 
 Batch = Mapping[str, Any]
 LOSS_NORMALIZATIONS = ("num_real_target_tokens", "num_total_target_tokens", "per_sequence")
@@ -102,16 +102,19 @@ def params_on_cpu(params: Any) -> bool:
   return platforms == {"cpu"}
 
 
-def decode_cache_dtype(params: Any) -> str | None:
-  """'float32' when the parameters live on CPU, else None (the activation dtype).
+class DecodeLayout(NamedTuple):
+  """How a decode lays out its state for the platform of its parameters (static under jit)."""
+  cache_dtype: str | None = None  # keys and values (cache, encoder_kv); None: the activation dtype
+  split_encoder_kv: bool = False  # cross-attention keys and values as row chunks
 
-  On CPU the one-token attention products of a step run in float32 anyway (see
-  `attention.MultiHeadAttention._attend_one_step`); a float32 cache spares a converted copy of it
-  per layer and step (Flan-T5-small greedy, 8 × 512 → 128 on this 2-core CPU, with the in-place
-  cache write: 3.39–3.66 → 3.23–3.40 s in interleaved runs). Elsewhere the bf16 cache halves its
-  memory. The cross-attention keys and values (`encoder_kv`) follow the same dtype.
-  """
-  return "float32" if params_on_cpu(params) else None
+
+# On CPU the one-token attention products of a step run in float32 anyway (see
+# `attention.MultiHeadAttention._attend_one_step`): a float32 cache spares a converted copy of it
+# per layer and step (Flan-T5-small greedy, 8 × 512 → 128 on this 2-core CPU, with the in-place
+# cache write: 3.39–3.66 → 3.23–3.40 s in interleaved runs). Elsewhere the bf16 cache halves its
+# memory. The cross-attention keys and values are split into chunks of rows so that their
+# products run on both cores (`attention.split_encoder_kv`).
+CPU_DECODE_LAYOUT = DecodeLayout(cache_dtype="float32", split_encoder_kv=True)
 
 
 class _DecodeSetup(NamedTuple):
@@ -138,8 +141,7 @@ class BaseModel(abc.ABC):
     self.loss_normalization = loss_normalization
     self.module = self._make_module(config)
     # temperature, topp and alpha are traced: one compilation per shape serves all their values.
-    static = ("decode_method", "num_decodes", "max_decode_length", "topk", "beam_size",
-              "cache_dtype")
+    static = ("decode_method", "num_decodes", "max_decode_length", "topk", "beam_size", "layout")
     self._predict_jit = jax.jit(self._predict, static_argnames=static)
     self._predict_jit_cpu = jax.jit(self._predict, static_argnames=static,
                                     compiler_options=CPU_PREDICT_COMPILER_OPTIONS)
@@ -160,9 +162,9 @@ class BaseModel(abc.ABC):
 
   @abc.abstractmethod
   def _decoding_setup(self, params: Any, batch: Batch, rows_per_input: int,
-                      max_decode_length: int, cache_dtype: str | None) -> _DecodeSetup:
-    """Cache (keys and values in `cache_dtype`, if given) and callback for decoding
-    `rows_per_input` sequences per batch row."""
+                      max_decode_length: int, layout: DecodeLayout) -> _DecodeSetup:
+    """Cache (laid out as `layout` says) and callback for decoding `rows_per_input` sequences
+    per batch row."""
 
   def _empty_cache(self, *args: jax.Array, cache_dtype: str | None = None,
                    **kwargs: Any) -> dict[str, Any]:
@@ -243,19 +245,20 @@ class BaseModel(abc.ABC):
     if max_decode_length is None:
       max_decode_length = int(batch["decoder_target_tokens"].shape[1])
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    predict = self._predict_jit_cpu if params_on_cpu(params) else self._predict_jit
+    on_cpu = params_on_cpu(params)
+    predict = self._predict_jit_cpu if on_cpu else self._predict_jit
     out = predict(
         params, dict(batch), rng, decode_method=decode_method, num_decodes=num_decodes,
         max_decode_length=max_decode_length, temperature=jnp.float32(temperature), topk=int(topk),
         topp=jnp.float32(topp), beam_size=int(beam_size), alpha=jnp.float32(alpha),
-        cache_dtype=decode_cache_dtype(params))
+        layout=CPU_DECODE_LAYOUT if on_cpu else DecodeLayout())
     return out[:, 0] if num_decodes == 1 else out
 
   def _predict(self, params, batch, rng, *, decode_method, num_decodes, max_decode_length,
-               temperature, topk, topp, beam_size, alpha, cache_dtype) -> jax.Array:
+               temperature, topk, topp, beam_size, alpha, layout) -> jax.Array:
     rows_per_input = beam_size if decode_method == "beam" else num_decodes
     batch_size = next(iter(batch.values())).shape[0]
-    setup = self._decoding_setup(params, batch, rows_per_input, max_decode_length, cache_dtype)
+    setup = self._decoding_setup(params, batch, rows_per_input, max_decode_length, layout)
     if decode_method == "beam":
       seqs, _ = decoding.beam_search(
           setup.tokens_to_logits, setup.cache, batch=batch_size, beam_size=beam_size,
@@ -332,11 +335,11 @@ class EncoderDecoderModel(BaseModel):
         encoder_positions=batch.get("encoder_positions"),
         decoder_positions=batch.get("decoder_positions"), enable_dropout=enable_dropout, rngs=rngs)
 
-  def _decoding_setup(self, params, batch, rows_per_input, max_decode_length, cache_dtype):
+  def _decoding_setup(self, params, batch, rows_per_input, max_decode_length, layout):
     enc_tokens = decoding.repeat_rows(batch["encoder_input_tokens"], rows_per_input)
     rows = enc_tokens.shape[0]
     dummy = jnp.ones((rows, max_decode_length), jnp.int32)
-    collections = self._empty_cache(enc_tokens, dummy, dummy, cache_dtype=cache_dtype,
+    collections = self._empty_cache(enc_tokens, dummy, dummy, cache_dtype=layout.cache_dtype,
                                     enable_dropout=False, decode=True)
     # Encode once per input, then repeat: the encoder output does not depend on the sample.
     encoded = self.module.apply({"params": params}, batch["encoder_input_tokens"],
@@ -355,6 +358,8 @@ class EncoderDecoderModel(BaseModel):
     first_logits, variables = step(collections, jnp.zeros((rows, 1), jnp.int32),
                                    ["cache", layers.ENCODER_KV])
     encoder_kv = variables[layers.ENCODER_KV]
+    if layout.split_encoder_kv:
+      encoder_kv = attention.split_encoder_kv(encoder_kv, batch_axis=self._cache_batch_axis())
 
     def tokens_to_logits(state: decoding.DecodingState):
       logits, variables = step({"cache": state.cache, layers.ENCODER_KV: encoder_kv},
@@ -415,7 +420,7 @@ class DecoderOnlyModel(BaseModel):
         decoder_causal_attention=batch.get("decoder_causal_attention"),
         enable_dropout=enable_dropout, rngs=rngs)
 
-  def _decoding_setup(self, params, batch, rows_per_input, max_decode_length, cache_dtype):
+  def _decoding_setup(self, params, batch, rows_per_input, max_decode_length, layout):
     # Rows keep their prompts right-padded and their own cache index (see
     # attention.MultiHeadAttention): positions and cache slots are then those of training, with no
     # per-row offsets to carry, which left-padding would need.
@@ -426,7 +431,8 @@ class DecoderOnlyModel(BaseModel):
     fed = jnp.where(in_prompt, jnp.pad(targets[:, :-1], ((0, 0), (1, 0))), 0)
     length = width + max_decode_length
     cache = self._empty_cache(jnp.zeros((targets.shape[0], length), jnp.int32),
-                              cache_dtype=cache_dtype, enable_dropout=False, decode=True)["cache"]
+                              cache_dtype=layout.cache_dtype, enable_dropout=False,
+                              decode=True)["cache"]
     logits, variables = self.module.apply(
         {"params": params, "cache": cache}, fed, decoder_causal_attention=in_prompt,
         enable_dropout=False, decode=True, prefill=True, prefill_lengths=fed_lengths,
